@@ -1,0 +1,3 @@
+from picket.cli import main
+
+raise SystemExit(main())

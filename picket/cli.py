@@ -1,0 +1,174 @@
+"""The `picket` command: a thin dispatcher, one sub-command group per package.
+
+Exit codes: 0 success, 1 the work failed (a peer, the disk, a broken invariant),
+2 bad input (arguments, files, configuration), 130 interrupted. With `--json` the last
+line on stdout is one JSON object; people get tables, and progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """Raised for input we refuse; main() turns it into exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
+    return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:1883)")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="picket", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run a simulated shift end to end and report")
+    demo.add_argument("--devices", type=_positive_int, default=20, help="simulated handsets (20)")
+    demo.add_argument("--minutes", type=_positive_float, default=60.0, help="shift length (60)")
+    demo.add_argument("--seed", type=int, default=7, help="seed of district and walkers (7)")
+    demo.add_argument("--workdir", type=Path, help="keep device state and center.db here")
+    demo.add_argument("--json", action="store_true", help="print one JSON object last")
+
+    center = sub.add_parser("center", help="the receiving end").add_subparsers(
+        dest="center_command", required=True, metavar="COMMAND"
+    )
+    run = center.add_parser("run", help="verify, de-duplicate, store and acknowledge records")
+    run.add_argument("--db", type=Path, required=True, help="center SQLite database")
+    run.add_argument("--registry", type=Path, required=True, help="device registry (SQLite)")
+    run.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+
+    prov = sub.add_parser("provision", help="technician's tools").add_subparsers(
+        dest="provision_command", required=True, metavar="COMMAND"
+    )
+    dev = prov.add_parser("device", help="make a device's key, config and registry entry")
+    dev.add_argument("--fleet", type=Path, required=True, help="fleet folder (holds registry.db)")
+    dev.add_argument("--id", required=True, help="device id, e.g. h0001")
+    dev.add_argument("--out", type=Path, required=True, help="device folder to write")
+    dev.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+    return p
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from picket.progress import Progress
+    from simulators.demo import DemoError, DemoOptions, run_demo
+
+    opts = DemoOptions(args.devices, args.minutes, args.seed, args.workdir)
+    try:
+        report = asyncio.run(run_demo(opts, Progress()))
+    except DemoError as exc:
+        raise BadInput(str(exc)) from exc
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        width = max(len(k) for k in report)
+        for k, v in report.items():
+            print(f"{k:<{width}}  {v}")
+    ok = report["records_lost"] == 0 and report["records_duplicated"] == 0 and report["drained"]
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _cmd_center_run(args: argparse.Namespace) -> int:
+    from center.service import CenterService
+
+    if not args.registry.exists():
+        raise BadInput(f"registry {args.registry} does not exist (provision a device first)")
+    host, port = args.broker
+
+    async def serve() -> dict[str, int]:
+        service = CenterService(args.db, args.registry, host, port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+
+        async def announce() -> None:
+            await service.ready.wait()
+            print("ready", flush=True)
+
+        announcer = asyncio.create_task(announce(), name="center-announce")
+        await service.run()
+        announcer.cancel()
+        s = service.ingest.stats
+        return {
+            "batches": s.batches,
+            "bad_batches": s.bad_batches,
+            "stored": s.stored,
+            "duplicates": s.duplicates,
+            "refused": s.refused,
+        }
+
+    print(json.dumps(asyncio.run(serve()), sort_keys=True), flush=True)
+    return EXIT_OK
+
+
+def _cmd_provision_device(args: argparse.Namespace) -> int:
+    from provisioning.device import ProvisioningError, provision_device
+
+    host, port = args.broker
+    try:
+        files = provision_device(
+            args.fleet,
+            args.id,
+            args.out,
+            broker_host=host,
+            broker_port=port,
+            now_ms=int(time.time() * 1000),
+        )
+    except ProvisioningError as exc:
+        raise BadInput(str(exc)) from exc
+    print(f"provisioned {files.device}: {files.config} (key {files.key})")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handlers = {
+        ("demo", None): _cmd_demo,
+        ("center", "run"): _cmd_center_run,
+        ("provision", "device"): _cmd_provision_device,
+    }
+    sub = getattr(args, f"{args.command}_command", None)
+    try:
+        return handlers[(args.command, sub)](args)
+    except BadInput as exc:
+        print(f"picket: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,115 @@
+"""A private Mosquitto on a free loopback port, with a generated configuration.
+
+Demos and tests never touch a system broker: each starts its own, in its own folder, and
+can stop and restart it on the same port to play a broker outage. The executable is looked
+up on PATH and in /usr/sbin (where Debian installs it, off a normal user's PATH).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+class BrokerError(Exception):
+    pass
+
+
+def find_mosquitto() -> str:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for c in CANDIDATES:
+        if os.access(c, os.X_OK):
+            return c
+    raise BrokerError(
+        "mosquitto is not installed: run ./run (as root it installs it), "
+        "or `sudo apt-get install mosquitto`"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.exe = find_mosquitto()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 100\n"
+            f"log_dest file {self.workdir / 'mosquitto.log'}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n",
+            encoding="utf-8",
+        )
+        self._proc = subprocess.Popen(
+            [self.exe, "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise BrokerError(
+                    f"mosquitto exited at start (code {self._proc.returncode}): {err}"
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout_s} s")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+    def kill(self) -> None:
+        """kill -9: the broker vanishes without closing connections cleanly."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            if self._proc.stderr:
+                self._proc.stderr.close()
+            self._proc = None
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
