@@ -78,9 +78,9 @@ class Uplink:
             try:
                 await self._session()
                 failures = 0
-            except aiomqtt.MqttError as exc:
+            except* (aiomqtt.MqttError, OSError, TimeoutError) as group:
                 failures += 1
-                log.debug("%s: link down: %s", self.device, exc)
+                log.debug("%s: link down: %s", self.device, group.exceptions[0])
             finally:
                 self.connected.clear()
                 self.core.link_down()

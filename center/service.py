@@ -74,7 +74,7 @@ class CenterService:
                         session.cancel()
                         stopper.cancel()
                     failures = 0
-                except* aiomqtt.MqttError as eg:
+                except* (aiomqtt.MqttError, OSError, TimeoutError) as eg:
                     failures += 1
                     log.warning("broker link down: %s", eg.exceptions[0])
                 self.ready.clear()

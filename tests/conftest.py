@@ -1,0 +1,29 @@
+"""Shared fixtures: real peers only (a private Mosquitto per test on a free port)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulators.broker import Mosquitto
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture(autouse=True)
+async def _no_leftover_tasks() -> object:
+    """Fail a test that leaves asyncio tasks running behind it (as pymodbus does)."""
+    yield None
+    current = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    assert not left, f"tasks left running: {[t.get_name() for t in left]}"
