@@ -59,7 +59,7 @@ def load_config(path: Path) -> AgentConfig:
     where = str(path)
     base = path.parent
     device = str(_get(doc, "device", str, where))
-    if not DEVICE_ID.match(device):
+    if not DEVICE_ID.fullmatch(device):
         raise ConfigError(f"{where}: 'device' {device!r} is not a valid device id")
     broker = _get(doc, "broker", dict, where)
     assert isinstance(broker, dict)

@@ -22,6 +22,7 @@ from agent.errors import RecordError
 
 COSE_SIGN1_TAG = 18
 HEADER_ALG = 1
+HEADER_CRIT = 2
 ALG_EDDSA = -8
 # Encoded once: {1: -8}. Every Picket record carries exactly these three bytes.
 PROTECTED_EDDSA = cbor2.dumps({HEADER_ALG: ALG_EDDSA})
@@ -80,8 +81,11 @@ def decode_sign1(data: bytes) -> Sign1:
     headers = strict_loads(protected) if protected else {}
     if not isinstance(headers, Mapping):
         raise RecordError("protected header does not decode to a map")
-    if headers.get(HEADER_ALG) != ALG_EDDSA:
+    alg = headers.get(HEADER_ALG)
+    if type(alg) is not int or alg != ALG_EDDSA:
         raise RecordError("protected header does not name alg EdDSA (-8)")
+    if HEADER_CRIT in headers:
+        raise RecordError("protected header lists critical parameters (crit) this verifier lacks")
     if HEADER_ALG in unprotected:
         raise RecordError("alg must not appear in the unprotected header")
     return Sign1(protected, unprotected, payload, signature)

@@ -53,8 +53,12 @@ class NmeaParser:
             nl = self._buf.find(b"\n")
             if nl < 0:
                 if len(self._buf) > MAX_LINE:
+                    # garbage with no line end: drop it, but keep a sentence that has begun
+                    start = self._buf.rfind(b"$")
                     self.stats.malformed += 1
-                    self._buf.clear()
+                    del self._buf[
+                        : start if start >= 0 and len(self._buf) - start <= MAX_LINE else None
+                    ]
                 return out
             line = bytes(self._buf[:nl]).strip()
             del self._buf[: nl + 1]

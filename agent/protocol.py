@@ -20,7 +20,7 @@ from agent.cose import strict_loads
 from agent.errors import RecordError, RemoteError
 
 PREFIX = "picket/v1"
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_BATCH = 256
 
 
@@ -37,7 +37,7 @@ ALL_RECORDS = f"{PREFIX}/+/up/records"
 
 def device_of_topic(topic: str) -> str:
     parts = topic.split("/")
-    if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != PREFIX or not DEVICE_ID.match(parts[2]):
+    if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != PREFIX or not DEVICE_ID.fullmatch(parts[2]):
         raise RemoteError(f"topic {topic!r} is not picket/v1/{{device}}/...")
     return parts[2]
 

@@ -43,7 +43,7 @@ def write_private(path: Path, data: bytes) -> None:
 def provision_device(
     fleet: Path, device: str, out: Path, *, broker_host: str, broker_port: int, now_ms: int
 ) -> DeviceFiles:
-    if not DEVICE_ID.match(device):
+    if not DEVICE_ID.fullmatch(device):
         raise ProvisioningError(
             f"device id {device!r} must be 1-64 letters, digits, '.', '_' or '-' "
             "and start with a letter or digit"

@@ -70,8 +70,8 @@ async def running_center(
         await asyncio.wait_for(task, timeout=10)
 
 
-async def wait_for(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(cond: object, within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if cond():  # type: ignore[operator]
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import random
 from functools import reduce
@@ -59,7 +60,7 @@ def feed_chunks(data: bytes, cuts: list[int]) -> tuple[list[Fix], NmeaParser]:
     parser = NmeaParser()
     out: list[Fix] = []
     edges = [0, *sorted(cuts), len(data)]
-    for a, b in zip(edges, edges[1:], strict=False):
+    for a, b in itertools.pairwise(edges):
         out += parser.feed(data[a:b])
     return out, parser
 
@@ -138,11 +139,11 @@ def test_hemispheres_and_sub_second_time() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"quality": 0}, {"valid": False}, {"quality": 0, "valid": False}]
+    ("quality", "valid"), [(0, True), (1, False), (0, False)], ids=["gga-q0", "rmc-V", "both"]
 )
-def test_no_fix_cycle_gives_no_position(kwargs: dict[str, object]) -> None:
+def test_no_fix_cycle_gives_no_position(quality: int, valid: bool) -> None:
     parser = NmeaParser()
-    assert parser.feed(cycle(T0, **kwargs)) == []  # type: ignore[arg-type]
+    assert parser.feed(cycle(T0, quality=quality, valid=valid)) == []
     assert parser.stats.no_fix_cycles == 1
     assert parser.stats.fixes == 0
     # and the next good cycle still parses

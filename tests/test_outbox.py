@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -43,7 +44,7 @@ def test_records_are_numbered_and_chained(tmp_path: Path) -> None:
     assert [s.seq for s in stored] == [1, 2, 3, 4, 5]
     recs = [open_record(s.raw, KEY.public_key()) for s in stored]
     assert recs[0].header.prev == b""
-    for before, after in zip(recs, recs[1:], strict=False):
+    for before, after in itertools.pairwise(recs):
         assert after.header.prev == chain_hash(before.raw)
     assert all(r.header.boot == 1 for r in recs)
     assert box.depth() == 5
@@ -148,6 +149,6 @@ def test_kill_9_loses_no_stored_record_and_never_reuses_a_number(tmp_path: Path)
     assert seqs == list(range(1, len(seqs) + 1)), "sequence numbers have a gap or a repeat"
     assert len(confirmed) == len(set(confirmed))
     recs = [open_record(s.raw, KEY.public_key()) for s in stored]
-    for before, after in zip(recs, recs[1:], strict=False):
+    for before, after in itertools.pairwise(recs):
         assert after.header.prev == chain_hash(before.raw), f"chain broken at {after.header.seq}"
     assert [r.header.boot for r in recs][-1] == 3

@@ -62,11 +62,6 @@ def test_device_of_topic_refuses(topic: str) -> None:
         device_of_topic(topic)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG agent/protocol.py DEVICE_ID uses ^...$ with .match(): '$' also matches "
-    "before a final newline, so 'h0001\\n' is taken as a device id",
-)
 def test_device_of_topic_refuses_a_device_id_ending_in_newline() -> None:
     with pytest.raises(RemoteError):
         device_of_topic("picket/v1/h0001\n/up/records")
