@@ -11,7 +11,8 @@ import pytest
 from simulators.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"
+# A verbatim copy of ../shared/corpus (see tests/corpus/SOURCES.md), so a clean clone has it.
+CORPUS = REPO / "tests" / "corpus"
 
 
 @pytest.fixture

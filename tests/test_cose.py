@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from agent.cose import PROTECTED_EDDSA, sig_structure, sign1, verify1
 from agent.errors import RecordError
 
-COSE_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "cose"
+COSE_CORPUS = Path(__file__).resolve().parent / "corpus" / "cose"
 VECTOR_PATH = COSE_CORPUS / "eddsa-sig-01.json"
 
 

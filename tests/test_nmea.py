@@ -19,7 +19,7 @@ from agent.geo import distance_m
 from agent.nmea import MAX_LINE, UERE_M, NmeaParser
 from simulators.nmea import checksum, gga, rmc
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "gpsd-nmea"
+CORPUS = Path(__file__).resolve().parent / "corpus" / "gpsd-nmea"
 
 # 2025-12-31T23:59:57Z: the cycles below cross midnight and a new year, so the date must
 # come from each cycle's own RMC.
@@ -90,16 +90,18 @@ def test_whole_buffer_and_byte_at_a_time_give_identical_fixes() -> None:
 @given(st.data())
 def test_random_chunking_gives_identical_fixes(data: st.DataObject) -> None:
     raw, _ = stream(5)
-    # a no-fix cycle, a bad checksum line and short glued garbage make the states richer
-    raw = (
-        raw[:200]
-        + cycle(T0 + 10_000, quality=0)
+    # a no-fix cycle, a bad checksum line, short and long glued garbage make it richer
+    raw += (
+        cycle(T0 + 10_000, quality=0)
         + b"\x00junk"
         + cycle(T0 + 11_000)
         + b"$GNGGA,bad*00\r\n"
-        + raw[200:]
+        + b"\x01" * 90  # long glued garbage: with the GGA it exceeds MAX_LINE
+        + cycle(T0 + 12_000)
+        + cycle(T0 + 13_000, rmc_first=True)
     )
     whole = NmeaParser().feed(raw)
+    assert [f.time_ms - T0 for f in whole] == [0, 1000, 2000, 3000, 4000, 11_000, 12_000, 13_000]
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=40), label="cuts")
     chunked, _ = feed_chunks(raw, cuts)
     assert chunked == whole
@@ -214,13 +216,8 @@ def test_garbage_glued_before_dollar_is_dropped() -> None:
     assert parser.stats.bad_checksum == parser.stats.malformed == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG agent/nmea.py feed(): when the buffer exceeds MAX_LINE without a newline it "
-    "is cleared whole, so a sentence that has started arriving after long glued garbage is "
-    "lost when the transport splits it; fed whole, the same bytes parse",
-)
 def test_long_glued_garbage_then_sentence_split_by_transport() -> None:
+    """A sentence that begins after long garbage on its line survives any split."""
     data = b"\x01" * 60 + cycle(T0)  # garbage + GGA is longer than MAX_LINE
     assert len(NmeaParser().feed(data)) == 1  # fed whole: the sentence after '$' parses
     parser = NmeaParser()
