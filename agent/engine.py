@@ -1,12 +1,13 @@
 """The check-in engine: a pure state machine fed `Fix` values, emitting check-ins.
 
 It never reads a clock or a socket: time is the fixes' own. A visit opens on the first
-fix inside a point's radius and closes after EXIT_FIXES fixes beyond the radius plus
-a hysteresis margin with no fix inside in between, so GNSS noise at the edge neither splits one visit into
-two nor ends it early. A closed visit whose span reaches the point's minimum dwell is a
-check-in carrying its evidence (best fix, fixes inside, dwell). Fixes whose accuracy is
-poor relative to the radius are no evidence either way. Points are found through a
-uniform grid so the cost per fix does not grow with the size of the district's plan.
+fix inside a point's radius and closes after EXIT_FIXES fixes beyond the radius plus a
+hysteresis margin with no fix inside in between, so GNSS noise at the edge neither
+splits one visit into two nor ends it early. A closed visit whose span reaches the
+point's minimum dwell is a check-in carrying its evidence (best fix, fixes inside,
+dwell). Fixes whose accuracy is poor relative to the radius are no evidence either way.
+Points are found through a uniform grid so the cost per fix does not grow with the
+size of the district's plan.
 """
 
 from __future__ import annotations
