@@ -2,11 +2,26 @@
 
 Secrets stay in files referenced by path (the signing key), never in the config itself.
 Relative paths are resolved against the config file's folder, so a provisioned device
-directory can be moved as a whole. Every problem is reported with the key that caused it.
+directory can be moved as a whole. Every problem is reported with the key that caused it,
+and unknown keys are refused (a typo must not silently fall back to a default).
+
+    device = "h0001"
+    key = "device.key"            # Ed25519 private key, PEM (PKCS#8)
+    outbox = "outbox.db"          # default
+    plan = "plan.geojson"         # optional: patrol points (docs/plans.md)
+
+    [broker]
+    host = "127.0.0.1"
+    port = 1883
+
+    [gnss]                        # optional section
+    source = "gpsd://127.0.0.1:2947"   # default; see docs/gnss.md for serial/tcp/file
+    not_before = 2026-01-01       # default: a GNSS date before this is week-rollover suspect
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +31,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import LocalError
 from agent.protocol import DEVICE_ID
+
+DEFAULT_GNSS = "gpsd://127.0.0.1:2947"
+# No GNSS date before this can be right for this software: it was released after it.
+DEFAULT_NOT_BEFORE = dt.date(2026, 1, 1)
 
 
 class ConfigError(LocalError):
@@ -29,6 +48,9 @@ class AgentConfig:
     outbox_path: Path
     broker_host: str
     broker_port: int
+    plan_path: Path | None = None
+    gnss_source: str = DEFAULT_GNSS
+    not_before: dt.date = DEFAULT_NOT_BEFORE
 
     def load_key(self) -> Ed25519PrivateKey:
         try:
@@ -49,27 +71,55 @@ def _get(table: dict[str, object], key: str, kind: type, where: str) -> object:
     return value
 
 
+def _only(table: dict[str, object], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+
+
 def load_config(path: Path) -> AgentConfig:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path)
     base = path.parent
+    _only(doc, {"device", "key", "outbox", "plan", "broker", "gnss"}, where)
     device = str(_get(doc, "device", str, where))
     if not DEVICE_ID.fullmatch(device):
         raise ConfigError(f"{where}: 'device' {device!r} is not a valid device id")
     broker = _get(doc, "broker", dict, where)
     assert isinstance(broker, dict)
-    port = int(_get(broker, "port", int, f"{where} [broker]"))  # type: ignore[call-overload]
+    _only(broker, {"host", "port"}, f"{where} [broker]")
+    port = _get(broker, "port", int, f"{where} [broker]")
+    assert isinstance(port, int)
     if not 0 < port < 65536:
         raise ConfigError(f"{where} [broker]: 'port' {port} is out of range")
+    gnss = doc.get("gnss", {})
+    if not isinstance(gnss, dict):
+        raise ConfigError(f"{where}: [gnss] must be a table")
+    _only(gnss, {"source", "not_before"}, f"{where} [gnss]")
+    source = gnss.get("source", DEFAULT_GNSS)
+    if not isinstance(source, str):
+        raise ConfigError(f"{where} [gnss]: 'source' must be a URL string")
+    not_before = gnss.get("not_before", DEFAULT_NOT_BEFORE)
+    if isinstance(not_before, dt.datetime) or not isinstance(not_before, dt.date):
+        raise ConfigError(f"{where} [gnss]: 'not_before' must be a date like 2026-01-01")
+    plan = doc.get("plan")
+    if plan is not None and not isinstance(plan, str):
+        raise ConfigError(f"{where}: 'plan' must be a path")
+    outbox = doc.get("outbox", "outbox.db")
+    if not isinstance(outbox, str):
+        raise ConfigError(f"{where}: 'outbox' must be a path")
     return AgentConfig(
         device=device,
         key_path=base / str(_get(doc, "key", str, where)),
-        outbox_path=base / str(doc.get("outbox", "outbox.db")),
+        outbox_path=base / outbox,
         broker_host=str(_get(broker, "host", str, f"{where} [broker]")),
         broker_port=port,
+        plan_path=None if plan is None else base / plan,
+        gnss_source=source,
+        not_before=not_before,
     )

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.engine import CheckinEngine, CheckinEvent
-from agent.nmea import NmeaParser
+from agent.fix import Fix
+from agent.gnss.nmea import NmeaParser
 from agent.outbox import Built, Outbox, Stored
 from agent.plan import Plan
 from agent.records import ChainPosition, CheckinKey, RecordType, build
@@ -28,7 +29,7 @@ def checkin_body(event: CheckinEvent, plan_version: int) -> dict[int, object]:
         CheckinKey.DWELL_MS: event.departure_ms - event.arrival_ms,
         CheckinKey.LAT_E7: round(fix.lat * 1e7),
         CheckinKey.LON_E7: round(fix.lon * 1e7),
-        CheckinKey.ACCURACY_DM: round(fix.accuracy_m * 10),
+        CheckinKey.ACCURACY_DM: round((fix.accuracy_m or 0.0) * 10),
         CheckinKey.FIXES: event.fixes_inside,
         CheckinKey.VERDICT: int(event.verdict),
     }
@@ -44,16 +45,21 @@ class DeviceAgent:
     parser: NmeaParser = field(default_factory=NmeaParser)
     created: Counter[RecordType] = field(default_factory=Counter)
     engine: CheckinEngine = field(init=False)
+    last_fix: Fix | None = None
 
     def __post_init__(self) -> None:
         self.engine = CheckinEngine(self.plan)
 
     def on_nmea(self, data: bytes) -> list[Stored]:
+        """Simulation shortcut: raw NMEA whose GNSS time is trusted as it is."""
         out: list[Stored] = []
         for fix in self.parser.feed(data):
-            for event in self.engine.feed(fix):
-                out.append(self._store_checkin(event))
+            out.extend(self.on_fix(fix))
         return out
+
+    def on_fix(self, fix: Fix) -> list[Stored]:
+        self.last_fix = fix
+        return [self._store_checkin(event) for event in self.engine.feed(fix)]
 
     def finish(self) -> list[Stored]:
         """Shutdown: close open visits so a completed dwell is never dropped."""

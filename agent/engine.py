@@ -84,23 +84,27 @@ class CheckinEngine:
     def feed(self, fix: Fix) -> list[CheckinEvent]:
         self.fixes_seen += 1
         events: list[CheckinEvent] = []
+        if fix.time_ms is None or fix.accuracy_m is None or not fix.usable:
+            self.fixes_ignored += 1  # estimated, simulated, undated or of unknown accuracy
+            return events
+        time_ms, accuracy = fix.time_ms, fix.accuracy_m
         candidates = {p.id: p for p in self._grid.near(fix.lat, fix.lon)}
         for pid in self._open:
             if pid not in candidates:
                 candidates[pid] = self.plan.point(pid)
         for p in candidates.values():
-            if fix.accuracy_m > p.radius_m * ACCURACY_FRACTION:
+            if accuracy > p.radius_m * ACCURACY_FRACTION:
                 self.fixes_ignored += 1
                 continue
             d = distance_m(fix.lat, fix.lon, p.lat, p.lon)
             visit = self._open.get(p.id)
             if d <= p.radius_m:
                 if visit is None:
-                    self._open[p.id] = _Visit(fix.time_ms, fix.time_ms, fix, d)
+                    self._open[p.id] = _Visit(time_ms, time_ms, fix, d)
                 else:
                     visit.fixes += 1
                     visit.outside = 0
-                    visit.last_inside_ms = fix.time_ms
+                    visit.last_inside_ms = time_ms
                     if d < visit.best_d:
                         visit.best, visit.best_d = fix, d
             elif visit is not None and d > p.radius_m + EXIT_MARGIN_M:

@@ -158,6 +158,21 @@ class Outbox:
         with self._tx():
             self._db.execute("UPDATE outbox SET refused = ? WHERE seq = ?", (reason, seq))
 
+    def stored_time(self) -> int | None:
+        """The last known good time the agent wrote down (ms), if any."""
+        v = self._meta("time_ms")
+        return v if isinstance(v, int) else None
+
+    def store_time(self, time_ms: int) -> None:
+        """Persist the last known good time; it only ever moves forward."""
+        try:
+            with self._tx():
+                old = self._meta("time_ms")
+                if not isinstance(old, int) or time_ms > old:
+                    self._set_meta({"time_ms": time_ms})
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot store time in {self.path}: {exc}") from exc
+
     def depth(self) -> int:
         return int(
             self._db.execute("SELECT count(*) FROM outbox WHERE refused IS NULL").fetchone()[0]

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from picket import gps
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--db", type=Path, required=True, help="center SQLite database")
     run.add_argument("--registry", type=Path, required=True, help="device registry (SQLite)")
     run.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+
+    agent = sub.add_parser("agent", help="the daemon on the device").add_subparsers(
+        dest="agent_command", required=True, metavar="COMMAND"
+    )
+    arun = agent.add_parser("run", help="read GNSS, check in, sign, store and sync until stopped")
+    arun.add_argument("--config", type=Path, required=True, help="the device's config.toml")
+
+    gps.add_parsers(sub)
 
     prov = sub.add_parser("provision", help="technician's tools").add_subparsers(
         dest="provision_command", required=True, metavar="COMMAND"
@@ -133,6 +143,27 @@ def _cmd_center_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_agent_run(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, load_config
+    from agent.daemon import run_until_signalled
+    from agent.gnss.sources import SourceError
+    from agent.planfile import PlanError
+
+    try:
+        cfg = load_config(args.config)
+        asyncio.run(run_until_signalled(cfg))
+    except (ConfigError, SourceError, PlanError) as exc:
+        raise BadInput(str(exc)) from exc
+    return EXIT_OK
+
+
+def _cmd_gps(args: argparse.Namespace) -> int:
+    try:
+        return gps.replay(args) if args.gps_command == "replay" else gps.watch(args)
+    except gps.GpsInputError as exc:
+        raise BadInput(str(exc)) from exc
+
+
 def _cmd_provision_device(args: argparse.Namespace) -> int:
     from provisioning.device import ProvisioningError, provision_device
 
@@ -162,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         ("demo", None): _cmd_demo,
         ("center", "run"): _cmd_center_run,
+        ("agent", "run"): _cmd_agent_run,
+        ("gps", "replay"): _cmd_gps,
+        ("gps", "watch"): _cmd_gps,
         ("provision", "device"): _cmd_provision_device,
     }
     sub = getattr(args, f"{args.command}_command", None)

@@ -18,7 +18,7 @@ from agent.engine import (
 )
 from agent.fix import Fix
 from agent.geo import M_PER_DEG_LAT, distance_m, offset
-from agent.nmea import NmeaParser
+from agent.gnss.nmea import NmeaParser
 from agent.plan import Line, Plan, Point
 from agent.records import Verdict
 from simulators.district import generate_district
@@ -48,7 +48,15 @@ class Track:
 
     def at(self, north: float, east: float = 0.0, accuracy: float = 3.0) -> Fix:
         lat, lon = offset(LAT0, LON0, north, east)
-        fix = Fix(self.t, lat, lon, accuracy, accuracy / 3.0, 9, 0.0)
+        fix = Fix(
+            time_ms=self.t,
+            lat=lat,
+            lon=lon,
+            accuracy_m=accuracy,
+            hdop=accuracy / 3.0,
+            satellites=9,
+            speed_mps=0.0,
+        )
         self.fixes.append(fix)
         self.t += 1000
         return fix

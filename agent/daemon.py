@@ -1,0 +1,99 @@
+"""`picket agent run`: the agent on a real device, in real time.
+
+One TaskGroup with named tasks: the GNSS reader (source → time keeper → check-in engine
+→ outbox), the uplink, and a keeper of time that writes the last known good time to the
+outbox every PERSIST_S so that time never goes backwards across a reboot. A stop request
+(SIGTERM, SIGINT) closes open visits that met their dwell, writes the time down, and
+lets the uplink finish its current step; nothing stored is ever at risk from stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config import AgentConfig
+from agent.device import DeviceAgent
+from agent.gnss.sources import GnssSource, SourceStatus, parse_source_url
+from agent.outbox import Outbox
+from agent.plan import Plan
+from agent.planfile import load_plan
+from agent.timekeeper import TimeKeeper
+from agent.uplink import BrokerAddress, Uplink
+
+log = logging.getLogger(__name__)
+PERSIST_S = 30.0
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+@dataclass(slots=True)
+class AgentRun:
+    config: AgentConfig
+    mono_ms: Callable[[], int] = monotonic_ms
+    stop_event: asyncio.Event | None = None
+
+    def stop(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    async def run(self) -> DeviceAgent:
+        cfg = self.config
+        self.stop_event = self.stop_event or asyncio.Event()
+        spec = parse_source_url(cfg.gnss_source)  # bad URL: refuse before touching anything
+        plan = load_plan(cfg.plan_path) if cfg.plan_path else Plan(0, (), ())
+        key = cfg.load_key()
+        outbox = Outbox(cfg.outbox_path, cfg.device)
+        try:
+            boot = outbox.begin_boot()
+            keeper = TimeKeeper(persisted_ms=outbox.stored_time(), mono_ms=self.mono_ms())
+            uplink = Uplink(outbox, BrokerAddress(cfg.broker_host, cfg.broker_port))
+            agent = DeviceAgent(cfg.device, key, plan, outbox, on_stored=uplink.on_stored)
+            source = GnssSource(spec, not_before=cfg.not_before, on_status=self._status)
+            log.info("%s: boot %d, %d points, GNSS %s", cfg.device, boot, len(plan.points), spec)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(uplink.run(), name="uplink")
+                reader = tg.create_task(self._read(source, keeper, agent), name="gnss")
+                clock = tg.create_task(self._persist(keeper, outbox), name="time")
+                await self.stop_event.wait()
+                reader.cancel()
+                clock.cancel()
+                agent.finish()
+                self._write_time(keeper, outbox)
+                uplink.stop()
+            return agent
+        finally:
+            outbox.close()
+
+    def _status(self, status: SourceStatus) -> None:
+        log.info("GNSS %s: %s", status.state.name.lower(), status.detail)
+
+    async def _read(self, source: GnssSource, keeper: TimeKeeper, agent: DeviceAgent) -> None:
+        async for fix in source.fixes():
+            agent.on_fix(keeper.observe(fix, self.mono_ms()))
+
+    async def _persist(self, keeper: TimeKeeper, outbox: Outbox) -> None:
+        while True:
+            await asyncio.sleep(PERSIST_S)
+            self._write_time(keeper, outbox)
+
+    def _write_time(self, keeper: TimeKeeper, outbox: Outbox) -> None:
+        t = keeper.to_persist(self.mono_ms())
+        if t is not None:
+            outbox.store_time(t)
+
+
+async def run_until_signalled(cfg: AgentConfig) -> DeviceAgent:
+    run = AgentRun(cfg, stop_event=asyncio.Event())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, run.stop)
+    return await run.run()
