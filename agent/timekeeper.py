@@ -5,8 +5,11 @@ whatever NTP last left. GNSS time is the trusted source. Between fixes, and when
 lost, time is the last anchor plus monotonic time elapsed. The floor is the last known
 good time, persisted by the agent (outbox metadata) and passed in at start: time never
 goes below it, across reboots and power cuts. A GNSS time behind the floor (a receiver
-gone wrong, a replayed or spoofed signal) is not believed; the fix is restamped from the
-keeper's own estimate and says so (time source PERSISTED, or NONE with nothing to go on).
+gone wrong, a replayed or spoofed signal) is not believed; the fix is restamped and says
+so (time source PERSISTED, or NONE with nothing to go on). The receiver's clock still
+ticks evenly, so the restamp keeps its progress: the offset between our estimate and the
+receiver's time at the first distrusted fix is applied to the ones that follow, and a
+dwell measured across them stays right.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class TimeKeeper:
             None if persisted_ms is None else (persisted_ms, mono_ms, TimeSource.PERSISTED)
         )
         self._high = persisted_ms  # the latest time ever handed out: the floor
+        self._offset: int | None = None  # estimate minus receiver time, while distrusted
         self.distrusted = 0
 
     def now(self, mono_ms: int) -> Stamp:
@@ -50,10 +54,19 @@ class TimeKeeper:
         """Learn from a fix's time, or restamp the fix when its time cannot be trusted."""
         if fix.time_ms is not None and fix.time_source in TRUSTED:
             if self._high is None or fix.time_ms >= self._high - TOLERANCE_MS:
+                self._offset = None
                 self._anchor = (fix.time_ms, mono_ms, fix.time_source)
                 self._high = max(fix.time_ms, self._high or fix.time_ms)
                 return fix
             self.distrusted += 1
+            estimate = self.now(mono_ms).time_ms
+            if estimate is not None:
+                if self._offset is None or fix.time_ms + self._offset < estimate - TOLERANCE_MS:
+                    self._offset = estimate - fix.time_ms
+                t = max(fix.time_ms + self._offset, estimate)
+                self._anchor = (t, mono_ms, TimeSource.PERSISTED)
+                self._high = t
+                return dataclasses.replace(fix, time_ms=t, time_source=TimeSource.PERSISTED)
         stamp = self.now(mono_ms)
         source = TimeSource.PERSISTED if stamp.time_ms is not None else TimeSource.NONE
         return dataclasses.replace(fix, time_ms=stamp.time_ms, time_source=source)

@@ -59,7 +59,8 @@ def _stats_line(s: NmeaStats) -> str:
     )
 
 
-def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     parser = NmeaParser(not_before=args.not_before)
     try:
         fh = args.file.open("rb")
@@ -150,8 +151,8 @@ async def _watch(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def watch(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def watch(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
-        return asyncio.run(_watch(args, out))
+        return asyncio.run(_watch(args, out or sys.stdout))
     except KeyboardInterrupt:
         return 130

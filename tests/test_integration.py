@@ -6,14 +6,12 @@ Each test starts its own broker on a free loopback port (the `broker` fixture).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from peers import running_center, wait_for
 
 from agent.fix import TimeSource
 from agent.outbox import Built, Outbox
@@ -22,7 +20,6 @@ from agent.records import ChainPosition, RecordType, build
 from agent.sync import SyncCore
 from agent.uplink import BrokerAddress, Uplink
 from center.audit import audit
-from center.service import CenterService
 from picket.progress import Progress
 from provisioning.registry import Registry
 from simulators.broker import Mosquitto
@@ -54,29 +51,6 @@ def append_checkin(box: Outbox, key: Ed25519PrivateKey, point: str) -> None:
         return Built(RecordType.CHECKIN, 0, raw)
 
     box.append(make)
-
-
-@contextlib.asynccontextmanager
-async def running_center(
-    tmp_path: Path, registry: Path, broker: Mosquitto
-) -> AsyncIterator[CenterService]:
-    service = CenterService(tmp_path / "center.db", registry, broker.host, broker.port)
-    task = asyncio.create_task(service.run(), name="center")
-    try:
-        await asyncio.wait_for(service.ready.wait(), timeout=10)
-        yield service
-    finally:
-        service.stop()
-        await asyncio.wait_for(task, timeout=10)
-
-
-async def wait_for(cond: object, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_demo_pipeline_delivers_every_checkin_exactly_once(tmp_path: Path) -> None:

@@ -92,3 +92,15 @@ def test_the_floor_survives_in_the_outbox(tmp_path: Path) -> None:
     k = TimeKeeper(persisted_ms=box.stored_time(), mono_ms=0)
     assert k.observe(fix(T - 60_000), 0).time_source == TimeSource.PERSISTED
     box.close()
+
+
+def test_a_distrusted_receiver_keeps_its_rhythm() -> None:
+    """A receiver that says January after March was known: restamped, but 1 s apart stays 1 s."""
+    k = TimeKeeper(persisted_ms=T, mono_ms=0)
+    january = T - 45 * 86_400_000
+    stamped = [k.observe(fix(january + i * 1000), 0) for i in range(5)]  # replayed fast
+    assert all(f.time_source == TimeSource.PERSISTED for f in stamped)
+    assert [f.time_ms for f in stamped] == [T + i * 1000 for i in range(5)]
+    # once the receiver has the right time again, it is believed again
+    back = k.observe(fix(T + 10_000), 0)
+    assert back.time_source == TimeSource.GNSS and back.time_ms == T + 10_000
