@@ -9,6 +9,7 @@ and unknown keys are refused (a typo must not silently fall back to a default).
     key = "device.key"            # Ed25519 private key, PEM (PKCS#8)
     outbox = "outbox.db"          # default
     plan = "plan.geojson"         # optional: patrol points (docs/plans.md)
+    team = "T01"                  # optional: the device's team, for team assignments
 
     [broker]
     host = "127.0.0.1"
@@ -49,6 +50,7 @@ class AgentConfig:
     broker_host: str
     broker_port: int
     plan_path: Path | None = None
+    team: str | None = None
     gnss_source: str = DEFAULT_GNSS
     not_before: dt.date = DEFAULT_NOT_BEFORE
 
@@ -86,7 +88,7 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path)
     base = path.parent
-    _only(doc, {"device", "key", "outbox", "plan", "broker", "gnss"}, where)
+    _only(doc, {"device", "key", "outbox", "plan", "team", "broker", "gnss"}, where)
     device = str(_get(doc, "device", str, where))
     if not DEVICE_ID.fullmatch(device):
         raise ConfigError(f"{where}: 'device' {device!r} is not a valid device id")
@@ -107,6 +109,9 @@ def load_config(path: Path) -> AgentConfig:
     not_before = gnss.get("not_before", DEFAULT_NOT_BEFORE)
     if isinstance(not_before, dt.datetime) or not isinstance(not_before, dt.date):
         raise ConfigError(f"{where} [gnss]: 'not_before' must be a date like 2026-01-01")
+    team = doc.get("team")
+    if team is not None and not isinstance(team, str):
+        raise ConfigError(f"{where}: 'team' must be text")
     plan = doc.get("plan")
     if plan is not None and not isinstance(plan, str):
         raise ConfigError(f"{where}: 'plan' must be a path")
@@ -120,6 +125,7 @@ def load_config(path: Path) -> AgentConfig:
         broker_host=str(_get(broker, "host", str, f"{where} [broker]")),
         broker_port=port,
         plan_path=None if plan is None else base / plan,
+        team=team,
         gnss_source=source,
         not_before=not_before,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import signal
 import time
@@ -28,6 +29,7 @@ from agent.uplink import BrokerAddress, Uplink
 
 log = logging.getLogger(__name__)
 PERSIST_S = 30.0
+TICK_S = 5.0
 
 
 def monotonic_ms() -> int:
@@ -62,10 +64,12 @@ class AgentRun:
                 tg.create_task(uplink.run(), name="uplink")
                 reader = tg.create_task(self._read(source, keeper, agent), name="gnss")
                 clock = tg.create_task(self._persist(keeper, outbox), name="time")
+                ticker = tg.create_task(self._tick(keeper, agent, cfg), name="tick")
                 await self.stop_event.wait()
                 reader.cancel()
                 clock.cancel()
-                agent.finish()
+                ticker.cancel()
+                agent.finish(keeper.now(self.mono_ms()).time_ms)
                 self._write_time(keeper, outbox)
                 uplink.stop()
             return agent
@@ -78,6 +82,22 @@ class AgentRun:
     async def _read(self, source: GnssSource, keeper: TimeKeeper, agent: DeviceAgent) -> None:
         async for fix in source.fixes():
             agent.on_fix(keeper.observe(fix, self.mono_ms()))
+
+    async def _tick(self, keeper: TimeKeeper, agent: DeviceAgent, cfg: AgentConfig) -> None:
+        """Windows close and silent visits end even when no fix comes; a new day, a new agenda."""
+        day: dt.date | None = None
+        while True:
+            now = keeper.now(self.mono_ms()).time_ms
+            if now is not None:
+                offset = dt.timedelta(minutes=agent.plan.utc_offset_min)
+                today = (dt.datetime.fromtimestamp(now / 1000, dt.UTC) + offset).date()
+                if today != day:
+                    day = today
+                    agenda = agent.plan.agenda(today, cfg.device, cfg.team)
+                    agent.engine.set_agenda(agenda)
+                    log.info("%s: agenda for %s: %d points", cfg.device, today, len(agenda))
+                agent.tick(now)
+            await asyncio.sleep(TICK_S)
 
     async def _persist(self, keeper: TimeKeeper, outbox: Outbox) -> None:
         while True:

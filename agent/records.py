@@ -48,16 +48,32 @@ class Key(enum.IntEnum):
 class CheckinKey(enum.IntEnum):
     POINT = 16
     PLAN_VERSION = 17
-    DWELL_MS = 18
+    DWELL_S = 18
     LAT_E7 = 19
     LON_E7 = 20
     ACCURACY_DM = 21
     FIXES = 22
     VERDICT = 23
+    MAX_SPEED_DMPS = 24
+
+
+class MissedKey(enum.IntEnum):
+    POINT = 16
+    PLAN_VERSION = 17
+    LINE = 18
+    WINDOW_START = 19
+    WINDOW_END = 20
+
+
+class SuspicionKey(enum.IntEnum):
+    KIND = 16
+    LAT_E7 = 17
+    LON_E7 = 18
+    DETAIL = 19
 
 
 class Verdict(enum.IntEnum):
-    CONFIRMED = 0
+    VISITED = 0
     UNCERTAIN = 1
 
 

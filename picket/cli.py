@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from picket import gps
+from picket import checkincmd, gps
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     arun.add_argument("--config", type=Path, required=True, help="the device's config.toml")
 
     gps.add_parsers(sub)
+    checkincmd.add_parsers(sub)
 
     prov = sub.add_parser("provision", help="technician's tools").add_subparsers(
         dest="provision_command", required=True, metavar="COMMAND"
@@ -164,6 +165,15 @@ def _cmd_gps(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from exc
 
 
+def _cmd_checkin_detect(args: argparse.Namespace) -> int:
+    from agent.planfile import PlanError
+
+    try:
+        return checkincmd.detect(args)
+    except (PlanError, gps.GpsInputError) as exc:
+        raise BadInput(str(exc)) from exc
+
+
 def _cmd_provision_device(args: argparse.Namespace) -> int:
     from provisioning.device import ProvisioningError, provision_device
 
@@ -196,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         ("agent", "run"): _cmd_agent_run,
         ("gps", "replay"): _cmd_gps,
         ("gps", "watch"): _cmd_gps,
+        ("checkin", "detect"): _cmd_checkin_detect,
         ("provision", "device"): _cmd_provision_device,
     }
     sub = getattr(args, f"{args.command}_command", None)

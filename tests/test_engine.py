@@ -104,7 +104,7 @@ def test_standing_then_leaving_is_one_checkin_with_its_evidence() -> None:
     index, ev = events[0]
     assert index == len(leaving) - 1  # on the EXIT_FIXES-th fix beyond the margin, not before
     assert ev.point == p
-    assert ev.verdict is Verdict.CONFIRMED
+    assert ev.verdict is Verdict.VISITED
     assert ev.arrival_ms == first_inside.time_ms
     assert ev.departure_ms == last_inside.time_ms
     n_inside = sum(
@@ -387,7 +387,7 @@ def test_simulated_shift_yields_the_walkers_visits(seed: int) -> None:
         assert ev.departure_ms >= visit.departure_ms - 5_000
         # walking away at >= 1 m/s from <= 2 m off centre, reported within 7 m of the truth
         assert ev.departure_ms <= visit.departure_ms + (p.radius_m + 9.0) * 1000
-        assert ev.verdict is Verdict.CONFIRMED
+        assert ev.verdict is Verdict.VISITED
         assert ev.departure_ms - ev.arrival_ms >= p.dwell_s * 1000
         assert ev.fixes_inside >= p.dwell_s
         assert distance_m(ev.best_fix.lat, ev.best_fix.lon, p.lat, p.lon) <= p.radius_m

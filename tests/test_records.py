@@ -51,7 +51,7 @@ def _checkin(device: str = "h0001") -> bytes:
         departure_ms=MARCH_1_2026_MS + 95_000,
         best_fix=fix,
         fixes_inside=95,
-        verdict=Verdict.CONFIRMED,
+        verdict=Verdict.VISITED,
     )
     return build(
         KEY,
@@ -82,12 +82,13 @@ def test_build_open_round_trip() -> None:
     assert record.body == {
         CheckinKey.POINT: "P017",
         CheckinKey.PLAN_VERSION: 12,
-        CheckinKey.DWELL_MS: 95_000,
+        CheckinKey.DWELL_S: 95,
         CheckinKey.LAT_E7: 292650213,
         CheckinKey.LON_E7: 1062550472,
         CheckinKey.ACCURACY_DM: 35,
         CheckinKey.FIXES: 95,
-        CheckinKey.VERDICT: int(Verdict.CONFIRMED),
+        CheckinKey.VERDICT: int(Verdict.VISITED),
+        CheckinKey.MAX_SPEED_DMPS: 0,
     }
 
 
@@ -246,3 +247,28 @@ def test_signed_record_with_a_bad_payload_is_refused() -> None:
     # A valid signature does not make a bad payload acceptable.
     with pytest.raises(RecordError, match="prev"):
         open_record(sign1(_with(k5=b"\x00" * 5), KEY), KEY.public_key())
+
+
+def test_worst_case_district_checkin_fits_the_lora_budget() -> None:
+    """The district's identifiers with every field at its largest still fit one frame."""
+    point = Point(id="P631", lat=-89.9999999, lon=-179.9999999, radius_m=30.0, dwell_s=60.0)
+    fix = Fix(time_ms=MARCH_1_2026_MS, lat=point.lat, lon=point.lon, accuracy_m=25.5)
+    event = CheckinEvent(
+        point=point,
+        arrival_ms=MARCH_1_2026_MS,
+        departure_ms=MARCH_1_2026_MS + 3_600_000,
+        best_fix=fix,
+        fixes_inside=3600,
+        verdict=Verdict.UNCERTAIN,
+        max_speed_mps=25.5,
+    )
+    raw = build(
+        KEY,
+        device="h2747",
+        chain=ChainPosition(boot=255, seq=65_535, prev=PREV),
+        rtype=RecordType.CHECKIN,
+        time_ms=MARCH_1_2026_MS,
+        time_source=TimeSource.PERSISTED,
+        body=checkin_body(event, plan_version=255),
+    )
+    assert len(raw) <= LORA_BUDGET, f"{len(raw)} bytes"
