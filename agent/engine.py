@@ -215,7 +215,10 @@ class CheckinEngine:
         self._history: list[Fix] = []  # time-ordered, the last HORIZON_S
         self._times: list[int] = []  # their times, for bisect
         self._checkpoints: list[tuple[int, _State]] = []  # (time of the fix after which, state)
-        self._emitted: dict[tuple[object, ...], int] = {}
+        # events already emitted, with the time of the newest fix when they were
+        self._emitted: dict[tuple[object, ...], tuple[int, int]] = {}
+        # check-ins already emitted: (point, arrival, departure, emitted at)
+        self._checkins: list[tuple[str, int, int, int]] = []
         self.stats = EngineStats()
 
     # -- public ----------------------------------------------------------------------------
@@ -281,11 +284,13 @@ class CheckinEngine:
         assert fix.time_ms is not None and fix.accuracy_m is not None
         t = fix.time_ms
         events: list[Event] = self._motion_checks(st, fix)
+        events.extend(self._close_silent(st, t))  # before this fix can extend a stale visit
         speed = self._speed(st, fix)
         for p in self._candidates(st, fix):
             events.extend(self._visit_step(st, p, fix, speed))
         st.last = fix
-        events.extend(self._advance(st, t))
+        if self.agenda:
+            events.extend(self._missed(st, t))
         return events
 
     def _candidates(self, st: _State, fix: Fix) -> list[Point]:
@@ -464,10 +469,14 @@ class CheckinEngine:
             out.append(MissedEvent(p, a.line, a.order, a.start_ms, a.end_ms, now_ms))
         return out
 
-    def _advance(self, st: _State, now_ms: int) -> list[Event]:
+    def _close_silent(self, st: _State, now_ms: int) -> list[Event]:
         events: list[Event] = []
         for pid in [k for k, v in st.open.items() if now_ms - v.last_ms > SILENCE_S * 1000]:
             events.extend(self._close(st, self.plan.point(pid)))
+        return events
+
+    def _advance(self, st: _State, now_ms: int) -> list[Event]:
+        events = self._close_silent(st, now_ms)
         if self.agenda:
             events.extend(self._missed(st, now_ms))
         return events
@@ -485,8 +494,11 @@ class CheckinEngine:
         cut = bisect.bisect_right(self._times, cps[0][0])
         del self._history[:cut]
         del self._times[:cut]
-        for k in [k for k, t in self._emitted.items() if t < horizon - int(HORIZON_S * 1000)]:
+        # what was emitted before the oldest snapshot can never be produced again by a replay
+        oldest = cps[0][0]
+        for k in [k for k, (_, at) in self._emitted.items() if at < oldest]:
             del self._emitted[k]
+        self._checkins = [c for c in self._checkins if c[3] >= oldest]
 
     def _checkpoint(self, t: int, state: _State) -> None:
         """Snapshot the state after the fix at `t`, every CHECKPOINT_S of fix time."""
@@ -513,12 +525,22 @@ class CheckinEngine:
         return events
 
     def _fresh(self, events: list[Event]) -> list[Event]:
+        """Leave out what was emitted before: same key, or a check-in of the same stay.
+
+        A replay with a late fix may move a visit's arrival or departure by a fix; the
+        check-in already sent for that stay stands (a record cannot be taken back).
+        """
+        at = self._times[-1] if self._times else 0
         out = []
         for e in events:
             k = event_key(e)
             if k in self._emitted:
                 continue
-            when = e.arrival_ms if isinstance(e, CheckinEvent) else e.time_ms
-            self._emitted[k] = when
+            if isinstance(e, CheckinEvent):
+                pid, a, d = e.point.id, e.arrival_ms, e.departure_ms
+                if any(p == pid and a <= d0 and a0 <= d for p, a0, d0, _ in self._checkins):
+                    continue
+                self._checkins.append((pid, a, d, at))
+            self._emitted[k] = (0, at)
             out.append(e)
         return out

@@ -35,7 +35,7 @@ from agent.plan import (
 Json = dict[str, object]
 
 MINUTES_PER_DAY = 1440
-UTC_OFFSET_RANGE_MIN = (-12 * 60, 14 * 60)  # the offsets civil time uses: -12:00 .. +14:00
+UTC_OFFSET_LIMITS_MIN = (-12 * 60, 14 * 60)  # the offsets civil time uses: -12:00 .. +14:00
 MAX_VERSION = 2**32 - 1  # carried in every check-in; the center stores it as an integer
 MAX_RING_MESSAGES = 1  # a ring drawn wrong is usually wrong everywhere: name one, count the rest
 
@@ -44,7 +44,6 @@ _OFFSET = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _TIERS = ", ".join(t.value for t in Tier)
 _TIER_VALUES = frozenset(t.value for t in Tier)
-_KIND_VALUES = frozenset({"point", "line", "zone"})
 PICKET_MEMBERS = frozenset({"version", "utc_offset", "name"})
 ASSIGNMENT_MEMBERS = frozenset({"device", "team", "lines", "date"})
 
@@ -53,6 +52,9 @@ class Kind(enum.StrEnum):
     POINT = "point"
     LINE = "line"
     ZONE = "zone"
+
+
+_KIND_VALUES = frozenset(k.value for k in Kind)
 
 
 @dataclass(slots=True)
@@ -443,7 +445,7 @@ def utc_offset(value: object) -> int | None:
     if m is None or int(m[3]) >= 60:
         return None
     minutes = (int(m[2]) * 60 + int(m[3])) * (-1 if m[1] == "-" else 1)
-    low, high = UTC_OFFSET_RANGE_MIN
+    low, high = UTC_OFFSET_LIMITS_MIN
     return minutes if low <= minutes <= high else None
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from picket import checkincmd, gps
+from picket import checkincmd, gps, plancmd
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gps.add_parsers(sub)
     checkincmd.add_parsers(sub)
+    plancmd.add_parsers(sub)
 
     prov = sub.add_parser("provision", help="technician's tools").add_subparsers(
         dest="provision_command", required=True, metavar="COMMAND"
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         ("gps", "replay"): _cmd_gps,
         ("gps", "watch"): _cmd_gps,
         ("checkin", "detect"): _cmd_checkin_detect,
+        ("plan", "check"): plancmd.check,
         ("provision", "device"): _cmd_provision_device,
     }
     sub = getattr(args, f"{args.command}_command", None)
