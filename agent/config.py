@@ -23,6 +23,7 @@ and unknown keys are refused (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import datetime as dt
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,14 @@ class AgentConfig:
     not_before: dt.date = DEFAULT_NOT_BEFORE
 
     def load_key(self) -> Ed25519PrivateKey:
+        """Read the signing key once; refuse it if anyone but its owner could read it."""
         try:
+            mode = self.key_path.stat().st_mode
+            if mode & 0o077:
+                raise ConfigError(
+                    f"signing key {self.key_path}: permissions {stat.S_IMODE(mode):04o} are "
+                    f"too open; only its owner may read it (chmod 600 {self.key_path})"
+                )
             key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"signing key {self.key_path}: {exc}") from exc

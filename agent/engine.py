@@ -14,8 +14,9 @@ suspicion. Where a point sets max_speed_mps, a visit whose 90th-percentile speed
 it is a drive-by, never a check-in.
 
 Suspicion. Implied speeds no person or vehicle reaches (a jump), receiver time going
-backwards beyond the re-evaluation horizon, and positions that contradict the receiver's
-own Doppler speed raise a `SuspicionEvent`; visits during the QUARANTINE_S after one are
+backwards beyond the re-evaluation horizon, and positions that keep contradicting the
+receiver's own Doppler speed for MISMATCH_HOLD_S (longer than a multipath excursion) raise
+a `SuspicionEvent`; visits during the QUARANTINE_S after one are
 at most uncertain.
 
 Agenda. Given the device's agenda (points per line with windows, agent/plan.py), a
@@ -42,15 +43,20 @@ from agent.geo import M_PER_DEG_LAT, distance_m
 from agent.plan import AgendaItem, Plan, Point
 from agent.records import Verdict
 
-EXIT_FIXES = 3
+EXIT_FIXES = 10  # a run of fixes: longer than a multipath excursion
 EXIT_MARGIN_M = 5.0  # or 20 % of the radius, whichever is larger
-ACCURACY_FRACTION = 0.5  # accuracy worse than half the radius: no evidence either way
+ACCURACY_FRACTION = 0.75  # accuracy worse than 3/4 of the radius: no evidence either way
 SILENCE_S = 600.0  # no fixes at all for this long closes open visits
 MAX_GAP_S = 120.0  # a visit with a longer gap between its fixes is uncertain
 JUMP_SPEED_MPS = 70.0  # faster than any patrol on the ground (250 km/h)
 JUMP_MIN_M = 100.0
 MISMATCH_WINDOW_S = 15.0
 MISMATCH_SPEED_MPS = 4.0  # positions moving this fast while Doppler says standing
+MISMATCH_HOLD_S = 6.0  # ... for this long: longer than a multipath excursion
+DRAG_WINDOW_S = 90.0  # a slow drag: positions creep while Doppler says still
+DRAG_MIN_S = 60.0
+DRAG_EDGE = 11  # fixes whose median position stands for each end of the window
+DRAG_SPEED_MPS = 1.0
 STILL_MPS = 0.5
 QUARANTINE_S = 30.0
 MISSED_GRACE_S = 60.0
@@ -143,6 +149,9 @@ class _State:
     quarantine_until: int = -1
     recent: deque[Fix] = field(default_factory=deque)  # for the Doppler check
     mismatch_until: int = -1
+    mismatch_since: int | None = None  # positions began to contradict Doppler
+    still: deque[Fix] = field(default_factory=deque)  # fixes since Doppler last said moving
+    distrust_still: bool = False  # a mismatch was seen: distrust until Doppler says moving
 
     def clone(self) -> _State:
         return _State(
@@ -152,6 +161,9 @@ class _State:
             self.quarantine_until,
             deque(self.recent),
             self.mismatch_until,
+            self.mismatch_since,
+            deque(self.still),
+            self.distrust_still,
         )
 
 
@@ -420,7 +432,8 @@ class CheckinEngine:
             and (fix.time_ms - st.recent[0].time_ms > MISMATCH_WINDOW_S * 1000)
         ):
             st.recent.popleft()
-        out.extend(self._doppler_check(st, fix))
+        fired = self._doppler_check(st, fix)
+        out.extend(fired or self._drag_check(st, fix))
         return out
 
     def _doppler_check(self, st: _State, fix: Fix) -> list[Event]:
@@ -430,18 +443,60 @@ class CheckinEngine:
         if first.time_ms is None or first.accuracy_m is None or fix.time_ms <= st.mismatch_until:
             return []
         span_s = (fix.time_ms - first.time_ms) / 1000
-        if span_s < MISMATCH_WINDOW_S * 0.8:
-            return []
-        if any(f.speed_mps is None or f.speed_mps > STILL_MPS for f in st.recent):
-            return []
-        d = distance_m(first.lat, first.lon, fix.lat, fix.lon)
+        d = 0.0
+        if span_s >= MISMATCH_WINDOW_S * 0.8 and all(
+            f.speed_mps is not None and f.speed_mps <= STILL_MPS for f in st.recent
+        ):
+            d = distance_m(first.lat, first.lon, fix.lat, fix.lon)
         if d < 40.0 + 3 * (first.accuracy_m + fix.accuracy_m) or d / span_s < MISMATCH_SPEED_MPS:
+            st.mismatch_since = None
             return []
+        # it must hold for a while: a multipath excursion at either end of the window looks
+        # the same for a few seconds
+        if st.mismatch_since is None:
+            st.mismatch_since = fix.time_ms
+        if fix.time_ms - st.mismatch_since < MISMATCH_HOLD_S * 1000:
+            return []
+        st.mismatch_since = None
+        return self._mismatch(st, fix, d / span_s)
+
+    def _drag_check(self, st: _State, fix: Fix) -> list[Event]:
+        """A slow drag: over a minute and more, the median position at one end of a
+        still-Doppler stretch is far from the median at the other (medians of DRAG_EDGE
+        fixes, so multipath excursions of a few seconds cannot fake it)."""
+        assert fix.time_ms is not None
+        if fix.speed_mps is None or fix.speed_mps > STILL_MPS:
+            st.still.clear()
+            st.distrust_still = False
+            return []
+        if st.distrust_still:
+            # the Doppler that went with a dragged position still says still: whatever
+            # stands here now may be the spoofer's, so the quarantine lasts as long as it
+            st.quarantine_until = max(st.quarantine_until, fix.time_ms + int(QUARANTINE_S * 1000))
+        st.still.append(fix)
+        while st.still and fix.time_ms - (st.still[0].time_ms or 0) > DRAG_WINDOW_S * 1000:
+            st.still.popleft()
+        span_s = (fix.time_ms - (st.still[0].time_ms or 0)) / 1000
+        if span_s < DRAG_MIN_S or len(st.still) < 2 * DRAG_EDGE:
+            return []
+        head, tail = list(st.still)[:DRAG_EDGE], list(st.still)[-DRAG_EDGE:]
+        lat0, lon0 = _median([f.lat for f in head]), _median([f.lon for f in head])
+        lat1, lon1 = _median([f.lat for f in tail]), _median([f.lon for f in tail])
+        acc = _median([f.accuracy_m or 0.0 for f in st.still])
+        d = distance_m(lat0, lon0, lat1, lon1)
+        if d <= 10.0 + 5 * acc or d / span_s < DRAG_SPEED_MPS:
+            return []
+        st.still.clear()
+        return self._mismatch(st, fix, d / span_s)
+
+    def _mismatch(self, st: _State, fix: Fix, speed: float) -> list[Event]:
+        assert fix.time_ms is not None
         st.mismatch_until = fix.time_ms + int(QUARANTINE_S * 1000)
         st.quarantine_until = max(st.quarantine_until, st.mismatch_until)
+        st.distrust_still = True
         for v in st.open.values():
             v.suspect = True
-        return [self._suspicion(SuspicionKind.MOTION_MISMATCH, fix, d / span_s)]
+        return [self._suspicion(SuspicionKind.MOTION_MISMATCH, fix, speed)]
 
     # -- agenda --------------------------------------------------------------------------
 

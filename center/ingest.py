@@ -5,20 +5,26 @@ the device of the topic it arrived on, which broker rules tie to the client's id
 and for its signature against the registered key; only then is it stored. The answer
 acknowledges what is now durable (new or duplicate) and names what was refused and why,
 so the device stops resending a record that can never be accepted and deletes the rest.
+
+A correctly signed record whose body does not fit its type (`validate_body`) is refused as
+MALFORMED: the signature proves who wrote it, not that it states anything readable. The
+key that verified a stored record is stored with it (the `devices` table), once per
+process and key.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.cose import decode_sign1
 from agent.errors import RecordError, RemoteError
 from agent.protocol import Ack, Refusal, decode_batch, device_of_topic
-from agent.records import Record, open_record, parse_payload
+from agent.records import Record, open_record, parse_payload, validate_body
 from center.store import CenterStore, RefusedItem
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,7 @@ class IngestStats:
     stored: int = 0
     duplicates: int = 0
     refused: int = 0
+    refused_by_reason: Counter[str] = field(default_factory=Counter)
 
 
 class Ingest:
@@ -38,6 +45,7 @@ class Ingest:
         self.store = store
         self.key_of = key_of
         self.stats = IngestStats()
+        self._keys_saved: set[tuple[str, bytes]] = set()
 
     def handle(self, topic: str, payload: bytes, now_ms: int) -> Ack | None:
         """Process one batch; None when the message is not a batch at all (counted)."""
@@ -56,30 +64,24 @@ class Ingest:
         answers: list[tuple[int, Refusal]] = []
         key = self.key_of(device)
         for raw in batch.records:
-            try:
-                claimed = parse_payload(decode_sign1(raw).payload, raw).header
-            except RecordError as exc:
-                refused.append(RefusedItem(device, None, Refusal.MALFORMED.name, str(exc), raw))
+            checked = check_record(raw, device, key)
+            if isinstance(checked, Record):
+                good.append(checked)
                 continue
-            reason: Refusal | None = None
-            detail = ""
-            if claimed.device != device:
-                reason, detail = Refusal.WRONG_DEVICE, f"record names {claimed.device!r}"
-            elif key is None:
-                reason, detail = Refusal.UNKNOWN_DEVICE, f"{device!r} is not registered"
-            else:
-                try:
-                    good.append(open_record(raw, key))
-                except RecordError as exc:
-                    reason, detail = Refusal.BAD_SIGNATURE, str(exc)
-            if reason is not None:
-                refused.append(RefusedItem(device, claimed.seq, reason.name, detail, raw))
-                answers.append((claimed.seq, reason))
-        fresh = self.store.save(good, refused, now_ms)
+            refused.append(checked)
+            if checked.seq is not None:
+                answers.append((checked.seq, Refusal[checked.reason]))
+        keys: list[tuple[str, bytes]] = []
+        if good and key is not None:
+            pair = (device, key.public_bytes_raw())
+            keys = [] if pair in self._keys_saved else [pair]
+        fresh = self.store.save(good, refused, now_ms, keys)
+        self._keys_saved.update(keys)
         new = sum(fresh)
         self.stats.stored += new
         self.stats.duplicates += len(fresh) - new
         self.stats.refused += len(refused)
+        self.stats.refused_by_reason.update(r.reason for r in refused)
         if refused:
             log.log(
                 logging.WARNING if self.stats.refused == len(refused) else logging.DEBUG,
@@ -89,3 +91,32 @@ class Ingest:
                 refused[0].detail,
             )
         return Ack(batch.id, tuple(r.header.seq for r in good), tuple(answers))
+
+
+def check_record(raw: bytes, device: str, key: Ed25519PublicKey | None) -> Record | RefusedItem:
+    """One record from `device`'s topic: the verified record, or why it is refused.
+
+    A record whose claimed header cannot be read is refused without a sequence number (the
+    device cannot be told which one it was); every other refusal names its sequence.
+    """
+    try:
+        claimed = parse_payload(decode_sign1(raw).payload, raw).header
+    except RecordError as exc:
+        return RefusedItem(device, None, Refusal.MALFORMED.name, str(exc), raw)
+    if claimed.device != device:
+        reason, detail = Refusal.WRONG_DEVICE, f"record names {claimed.device!r}"
+    elif key is None:
+        reason, detail = Refusal.UNKNOWN_DEVICE, f"{device!r} is not registered"
+    else:
+        try:
+            rec = open_record(raw, key)
+        except RecordError as exc:
+            reason, detail = Refusal.BAD_SIGNATURE, str(exc)
+        else:
+            try:
+                validate_body(rec.header.type, rec.body)
+            except RecordError as exc:
+                reason, detail = Refusal.MALFORMED, str(exc)
+            else:
+                return rec
+    return RefusedItem(device, claimed.seq, reason.name, detail, raw)

@@ -3,6 +3,11 @@
 A record is inserted once; a second delivery of the same (device, seq) is a duplicate and
 changes nothing. Refused input is kept too (with the reason), so an operator can see what
 was sent and why it was not accepted: nothing that reaches the center is silently dropped.
+
+Each public key that verified a stored record is kept beside the records (`devices`), in
+the same transaction as the first record it verified: the database alone is then enough
+to check its evidence (`picket center export` / `devices`), even after the fleet registry
+has moved on. A re-provisioned device has one row per key, in the order first seen.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ CREATE TABLE IF NOT EXISTS refused (
     raw BLOB NOT NULL,
     received_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT NOT NULL,
+    public_key BLOB NOT NULL CHECK (length(public_key) = 32),
+    first_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (id, public_key)
+);
 """
 
 
@@ -61,12 +72,25 @@ class CenterStore:
         self._db.close()
 
     def save(
-        self, records: Sequence[Record], refused: Sequence[RefusedItem], now_ms: int
+        self,
+        records: Sequence[Record],
+        refused: Sequence[RefusedItem],
+        now_ms: int,
+        keys: Sequence[tuple[str, bytes]] = (),
     ) -> list[bool]:
-        """Store in one transaction; returns per record whether it was new (not a duplicate)."""
+        """Store in one transaction; returns per record whether it was new (not a duplicate).
+
+        `keys` are (device, raw Ed25519 public key) pairs that verified `records`; a pair
+        already known keeps its first-seen time.
+        """
         fresh: list[bool] = []
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            self._db.executemany(
+                "INSERT INTO devices (id, public_key, first_seen_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (id, public_key) DO NOTHING",
+                [(device, key, now_ms) for device, key in keys],
+            )
             for r in records:
                 h = r.header
                 cur = self._db.execute(

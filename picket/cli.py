@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from picket import checkincmd, gps, plancmd
+from picket import benchcmd, centercmd, checkincmd, gps, plancmd
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--db", type=Path, required=True, help="center SQLite database")
     run.add_argument("--registry", type=Path, required=True, help="device registry (SQLite)")
     run.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+    centercmd.add_center_parsers(center)
 
     agent = sub.add_parser("agent", help="the daemon on the device").add_subparsers(
         dest="agent_command", required=True, metavar="COMMAND"
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     gps.add_parsers(sub)
     checkincmd.add_parsers(sub)
     plancmd.add_parsers(sub)
+    benchcmd.add_parsers(sub)
 
     prov = sub.add_parser("provision", help="technician's tools").add_subparsers(
         dest="provision_command", required=True, metavar="COMMAND"
@@ -209,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         ("gps", "watch"): _cmd_gps,
         ("checkin", "detect"): _cmd_checkin_detect,
         ("plan", "check"): plancmd.check,
+        ("bench", "checkins"): benchcmd.checkins,
+        ("center", "export"): centercmd.export,
+        ("center", "devices"): centercmd.devices,
         ("provision", "device"): _cmd_provision_device,
     }
     sub = getattr(args, f"{args.command}_command", None)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import cbor2
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.cose import sig_structure
 from agent.fix import TimeSource
 from agent.protocol import Batch, Refusal, records_topic
 from agent.records import ChainPosition, RecordType, build
 from center.audit import audit
 from center.ingest import Ingest
+from center.service import KeyCache
 from center.store import CenterStore
 from provisioning.registry import Registry
 
@@ -157,3 +161,186 @@ def test_audit_reverifies_against_the_registry(tmp_path: Path) -> None:
     con.commit()
     con.close()
     assert audit(db, tmp_path / "registry.db").verified == 1
+
+
+# --- tampering: every kind of mutation is refused, counted and kept, never stored --------------
+
+
+def _parts(raw: bytes) -> list[object]:
+    item = cbor2.loads(raw)
+    assert isinstance(item, cbor2.CBORTag) and item.tag == 18
+    return list(item.value)
+
+
+def _envelope(parts: list[object], tag: int | None = 18) -> bytes:
+    return cbor2.dumps(parts if tag is None else cbor2.CBORTag(tag, parts))
+
+
+def _signed(protected: bytes, payload: bytes, key: Ed25519PrivateKey, unprotected: object) -> bytes:
+    """A COSE_Sign1 with any protected header, validly signed by `key`."""
+    signature = key.sign(sig_structure(protected, payload))
+    return _envelope([protected, unprotected, payload, signature])
+
+
+def _flip_point_digit(payload: bytes) -> bytes:
+    i = payload.index(b"P002") + 3  # the last digit of the point id: still valid CBOR
+    return payload[:i] + bytes([payload[i] ^ 0x01]) + payload[i + 1 :]
+
+
+def _bad_body() -> bytes:
+    return build(
+        KEYS["h0001"],
+        device="h0001",
+        chain=ChainPosition(boot=1, seq=2, prev=bytes(16)),
+        rtype=RecordType.CHECKIN,
+        time_ms=1_772_323_200_002,
+        time_source=TimeSource.GNSS,
+        body={16: 2},
+    )
+
+
+Parts = tuple[bytes, dict[object, object], bytes, bytes]
+KEY1 = KEYS["h0001"]
+
+# name: (make the tampered record from the parts of a valid one (device h0001, seq 2),
+#        the reason stored, whether the acknowledgement can name the sequence number)
+TAMPERING: dict[str, tuple[Callable[[Parts], bytes], str, bool]] = {
+    "wrong tag (98)": (lambda p: _envelope(list(p), tag=98), "MALFORMED", False),
+    "untagged": (lambda p: _envelope(list(p), tag=None), "MALFORMED", False),
+    "changed payload byte": (
+        lambda p: _envelope([p[0], p[1], _flip_point_digit(p[2]), p[3]]),
+        "BAD_SIGNATURE",
+        True,
+    ),
+    "changed algorithm (-7, re-signed)": (
+        lambda p: _signed(cbor2.dumps({1: -7}), p[2], KEY1, {}),
+        "MALFORMED",
+        False,
+    ),
+    "removed algorithm (re-signed)": (lambda p: _signed(b"", p[2], KEY1, {}), "MALFORMED", False),
+    "algorithm only in unprotected header (re-signed)": (
+        lambda p: _signed(b"", p[2], KEY1, {1: -8}),
+        "MALFORMED",
+        False,
+    ),
+    "critical header (re-signed)": (
+        lambda p: _signed(cbor2.dumps({1: -8, 2: [99]}), p[2], KEY1, {}),
+        "MALFORMED",
+        False,
+    ),
+    "changed protected header (extra parameter)": (
+        lambda p: _envelope([cbor2.dumps({1: -8, 3: 0}), *p[1:]]),
+        "BAD_SIGNATURE",
+        True,
+    ),
+    "changed protected header (same meaning, other bytes)": (
+        lambda p: _envelope([b"\xa1\x01\x38\x07", *p[1:]]),  # alg -8 in a longer encoding
+        "BAD_SIGNATURE",
+        True,
+    ),
+    "wrong key (another device's)": (
+        lambda p: record("h0001", 2, key=KEYS["h0002"]),
+        "BAD_SIGNATURE",
+        True,
+    ),
+    "truncated signature": (lambda p: _envelope([*p[:3], p[3][:63]]), "MALFORMED", False),
+    "trailing bytes": (lambda p: _envelope(list(p)) + b"\x00", "MALFORMED", False),
+    "body fails validate_body (point is a number)": (lambda p: _bad_body(), "MALFORMED", True),
+}
+
+
+def _mutated(name: str) -> bytes:
+    protected, unprotected, payload, signature = _parts(record("h0001", 2))
+    assert isinstance(protected, bytes) and isinstance(unprotected, Mapping)
+    assert isinstance(payload, bytes) and isinstance(signature, bytes)
+    return TAMPERING[name][0]((protected, dict(unprotected), payload, signature))
+
+
+@pytest.mark.parametrize("name", TAMPERING)
+def test_tampering_is_refused_counted_and_kept(tmp_path: Path, name: str) -> None:
+    ingest, db = make(tmp_path)
+    _, reason, answered = TAMPERING[name]
+    tampered = _mutated(name)
+    assert tampered != record("h0001", 2)
+    ack = ingest.handle(
+        records_topic("h0001"), Batch(9, (record("h0001", 1), tampered)).encode(), 500
+    )
+    assert ack is not None
+    assert ack.stored == (1,)
+    assert ack.refused == (((2, Refusal[reason]),) if answered else ())
+    assert ingest.stats.refused == 1
+    assert ingest.stats.refused_by_reason == {reason: 1}
+    assert ingest.stats.stored == 1
+    assert rows(db, "SELECT device, seq FROM records") == [("h0001", 1)]
+    stored = rows(db, "SELECT device, seq, reason, raw, received_ms FROM refused")
+    assert stored == [("h0001", 2 if answered else None, reason, tampered, 500)]
+
+
+def test_the_untampered_record_is_accepted(tmp_path: Path) -> None:
+    # the control for the table above: record 2 itself is fine
+    ingest, _ = make(tmp_path)
+    ack = ingest.handle(
+        records_topic("h0001"), Batch(9, (record("h0001", 1), record("h0001", 2))).encode(), 0
+    )
+    assert ack is not None and ack.stored == (1, 2) and ingest.stats.refused == 0
+
+
+def test_malformed_body_names_the_problem(tmp_path: Path) -> None:
+    ingest, db = make(tmp_path)
+    bad = _mutated("body fails validate_body (point is a number)")
+    ingest.handle(records_topic("h0001"), Batch(1, (bad,)).encode(), 0)
+    [(detail,)] = rows(db, "SELECT detail FROM refused")
+    assert detail == "check-in key 16 (point) must be text"
+
+
+# --- the devices table: each key that verified a stored record -----------------------------------
+
+
+def test_devices_table_holds_each_key_that_verified_a_record(tmp_path: Path) -> None:
+    ingest, db = make(tmp_path)
+    ingest.handle(records_topic("h0001"), Batch(1, (record("h0001", 1),)).encode(), 1000)
+    ingest.handle(records_topic("h0001"), Batch(2, (record("h0001", 2),)).encode(), 2000)
+    ingest.handle(records_topic("h0002"), Batch(1, (record("h0002", 1),)).encode(), 3000)
+    # refused only: no key is recorded for a device that has no stored record
+    stranger = Ed25519PrivateKey.generate()
+    ingest.handle(records_topic("h9999"), Batch(1, (record("h9999", 1, stranger),)).encode(), 0)
+    assert rows(db, "SELECT id, public_key, first_seen_ms FROM devices ORDER BY id") == [
+        ("h0001", KEYS["h0001"].public_key().public_bytes_raw(), 1000),
+        ("h0002", KEYS["h0002"].public_key().public_bytes_raw(), 3000),
+    ]
+
+
+def test_devices_table_survives_a_restart_and_keeps_first_seen(tmp_path: Path) -> None:
+    ingest, db = make(tmp_path)
+    ingest.handle(records_topic("h0001"), Batch(1, (record("h0001", 1),)).encode(), 1000)
+    ingest.store.close()
+    again = Ingest(CenterStore(db), key_of)  # a new center process on the same database
+    again.handle(records_topic("h0001"), Batch(1, (record("h0001", 2),)).encode(), 5000)
+    assert rows(db, "SELECT id, first_seen_ms FROM devices") == [("h0001", 1000)]
+
+
+def test_a_reprovisioned_device_has_a_row_per_key(tmp_path: Path) -> None:
+    db = tmp_path / "center.db"
+    old, new = KEYS["h0001"], Ed25519PrivateKey.generate()
+    current = {"h0001": old}
+    ingest = Ingest(CenterStore(db), lambda d: current[d].public_key() if d in current else None)
+    ingest.handle(records_topic("h0001"), Batch(1, (record("h0001", 1),)).encode(), 1000)
+    current["h0001"] = new
+    ingest.handle(records_topic("h0001"), Batch(2, (record("h0001", 2, new),)).encode(), 2000)
+    assert rows(db, "SELECT public_key, first_seen_ms FROM devices ORDER BY first_seen_ms") == [
+        (old.public_key().public_bytes_raw(), 1000),
+        (new.public_key().public_bytes_raw(), 2000),
+    ]
+
+
+def test_key_cache_path_fills_the_devices_table_from_the_registry(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "registry.db")
+    reg.add("h0001", KEYS["h0001"].public_key().public_bytes_raw(), 0)
+    reg.close()
+    db = tmp_path / "center.db"
+    ingest = Ingest(CenterStore(db), KeyCache(tmp_path / "registry.db"))
+    ack = ingest.handle(records_topic("h0001"), Batch(1, (record("h0001", 1),)).encode(), 7)
+    assert ack is not None and ack.stored == (1,)
+    assert rows(db, "SELECT id, public_key, first_seen_ms FROM devices") == [
+        ("h0001", KEYS["h0001"].public_key().public_bytes_raw(), 7)
+    ]

@@ -72,3 +72,21 @@ def test_bad_configs_are_refused_with_the_key_named(
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_signing_key_with_open_permissions_is_refused(tmp_path: Path) -> None:
+    from provisioning.device import provision_device
+
+    files = provision_device(
+        tmp_path / "fleet", "h0001", tmp_path / "dev", broker_host="127.0.0.1", broker_port=1883,
+        now_ms=0,
+    )  # fmt: skip
+    cfg = load_config(files.config)
+    assert cfg.load_key() is not None  # 0600 as provisioned
+    files.key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"permissions 0644 are too open.*chmod 600"):
+        cfg.load_key()
+    files.key.chmod(0o600)
+    files.key.write_text("not a key")
+    with pytest.raises(ConfigError, match="signing key"):
+        cfg.load_key()

@@ -1,30 +1,50 @@
-"""Picket records: build, open, size on the radio link, and strict payload validation."""
+"""Picket records: build, open, size on the radio link, strict payload and body validation."""
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.cose import sign1
 from agent.device import checkin_body
 from agent.engine import CheckinEvent
 from agent.errors import RecordError
-from agent.fix import Fix, TimeSource
+from agent.fix import Fix, Quality, TimeSource
 from agent.plan import Point
 from agent.records import (
+    BODY_SCHEMA,
+    TYPE_NAMES,
+    AlertKey,
+    AlertKind,
     ChainPosition,
     CheckinKey,
+    DroppedKey,
+    Eviction,
+    HealthKey,
+    Outcome,
+    ReceiptKey,
     RecordType,
+    RollcallKey,
     Verdict,
+    alert_body,
     build,
     chain_hash,
+    dropped_body,
+    health_body,
     open_record,
     parse_payload,
     peek_device,
+    receipt_body,
+    rollcall_body,
+    validate_body,
 )
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes.fromhex("5a" * 32))
@@ -272,3 +292,207 @@ def test_worst_case_district_checkin_fits_the_lora_budget() -> None:
         body=checkin_body(event, plan_version=255),
     )
     assert len(raw) <= LORA_BUDGET, f"{len(raw)} bytes"
+
+
+# --- the other record types: builders, validation, encoding ------------------------------------
+
+FIX = Fix(time_ms=MARCH_1_2026_MS - 1500, lat=29.2650213, lon=106.2550472, accuracy_m=3.5)
+EVICTION = Eviction(
+    count=3,
+    first_seq=10,
+    last_seq=14,
+    bytes=455,
+    types=(RecordType.CHECKIN, RecordType.HEALTH, RecordType.CHECKIN),
+)
+
+# One body of every type, as the agent makes them.
+BODIES: dict[RecordType, dict[int, object]] = {
+    RecordType.CHECKIN: {
+        **dict.fromkeys(range(17, 25), 1),
+        CheckinKey.POINT: "P017",
+        CheckinKey.LAT_E7: 292650213,
+        CheckinKey.LON_E7: 1062550472,
+    },
+    RecordType.MISSED: {16: "P017", 17: 12, 18: "L03", 19: MARCH_1_2026_MS, 20: MARCH_1_2026_MS},
+    RecordType.SUSPICION: {16: 1, 17: 292650213, 18: 1062550472, 19: "implied speed 90 m/s"},
+    RecordType.HEALTH: health_body(
+        depth=3,
+        oldest_unsent_s=42,
+        clock_source=TimeSource.GNSS,
+        fix_quality=Quality.DGPS,
+        satellites=14,
+        battery_pct=87,
+        battery_mv=3987,
+        rssi_dbm=-97,
+        uptime_s=10_800,
+    ),
+    RecordType.ROLLCALL: rollcall_body(bytes.fromhex("9f3c21d07a4be815"), FIX),
+    RecordType.ALERT: alert_body(AlertKind.SOS, FIX, battery_pct=64),
+    RecordType.RECEIPT: receipt_body(1207, 2, Outcome.REFUSED, "plan version 11 < 12"),
+    RecordType.DROPPED: dropped_body(EVICTION),
+}
+
+
+def _build(rtype: RecordType, body: Mapping[int, object], device: str = "h2747") -> bytes:
+    return build(
+        KEY,
+        device=device,
+        chain=ChainPosition(boot=255, seq=65_535, prev=PREV),
+        rtype=rtype,
+        time_ms=MARCH_1_2026_MS,
+        time_source=TimeSource.GNSS,
+        body=body,
+    )
+
+
+def test_every_type_has_a_schema_and_a_name() -> None:
+    assert set(BODY_SCHEMA) == set(RecordType) == set(TYPE_NAMES) == set(BODIES)
+
+
+@pytest.mark.parametrize("rtype", list(RecordType), ids=lambda t: t.name)
+def test_every_type_builds_opens_validates_and_fits_a_frame(rtype: RecordType) -> None:
+    raw = _build(rtype, BODIES[rtype])
+    record = open_record(raw, KEY.public_key())
+    assert record.header.type is rtype
+    assert record.body == BODIES[rtype]
+    validate_body(rtype, record.body)
+    assert len(raw) <= LORA_BUDGET, f"{rtype.name}: {len(raw)} bytes"
+
+
+def test_health_body_keeps_only_the_readings_it_has() -> None:
+    assert health_body(depth=0) == {HealthKey.DEPTH: 0}
+    body = health_body(depth=5, rssi_dbm=-120, clock_source=TimeSource.PERSISTED)
+    assert body == {16: 5, 18: int(TimeSource.PERSISTED), 23: -120}
+    validate_body(RecordType.HEALTH, body)
+
+
+def test_rollcall_body_without_a_fix_is_the_challenge_alone() -> None:
+    assert rollcall_body(77, None) == {RollcallKey.CHALLENGE: 77}
+    no_time = Fix(time_ms=None, lat=-33.8688, lon=151.2093, accuracy_m=None)
+    assert rollcall_body(b"\x01", no_time) == {16: b"\x01", 17: -338688000, 18: 1512093000}
+    assert rollcall_body(b"\x01", FIX) == {
+        16: b"\x01",
+        17: 292650213,
+        18: 1062550472,
+        19: 35,
+        20: MARCH_1_2026_MS - 1500,
+    }
+
+
+def test_alert_receipt_and_dropped_bodies() -> None:
+    assert alert_body() == {AlertKey.KIND: 1}
+    assert alert_body(fix=FIX)[AlertKey.ACCURACY_DM] == 35
+    assert receipt_body(9, 3, Outcome.DONE) == {16: 9, 17: 3, 18: 0}
+    assert receipt_body(9, 3, Outcome.FAILED, "disk full")[ReceiptKey.REASON] == "disk full"
+    # types: each once, ascending, whatever order and repetition the outbox reported
+    assert dropped_body(EVICTION) == {16: 3, 17: 10, 18: 14, 19: 455, DroppedKey.TYPES: [1, 4]}
+
+
+# type: (body changes, word the message must contain); None as a value removes the key
+BODY_REFUSALS: list[tuple[RecordType, dict[int, object], str]] = [
+    (RecordType.CHECKIN, {16: None}, "lacks key 16 (point)"),
+    (RecordType.CHECKIN, {16: 17}, "key 16 (point) must be text"),
+    (RecordType.CHECKIN, {17: -1}, "key 17 (plan version) must be an unsigned integer"),
+    (RecordType.CHECKIN, {18: 9.5}, "dwell"),
+    (RecordType.CHECKIN, {19: 900_000_001}, "latitude"),
+    (RecordType.CHECKIN, {20: -1_800_000_001}, "longitude"),
+    (RecordType.CHECKIN, {20: None}, "come together"),
+    (RecordType.CHECKIN, {23: True}, "verdict"),
+    (RecordType.MISSED, {18: None}, "lacks key 18 (line)"),
+    (RecordType.MISSED, {19: "soon"}, "window start"),
+    (RecordType.SUSPICION, {19: None}, "detail"),
+    (RecordType.SUSPICION, {16: False}, "kind"),
+    (RecordType.HEALTH, {16: None}, "lacks key 16 (outbox depth)"),
+    (RecordType.HEALTH, {21: 101}, "battery"),
+    (RecordType.HEALTH, {23: "-97"}, "link quality"),
+    (RecordType.HEALTH, {23: 1.0}, "link quality"),
+    (RecordType.ROLLCALL, {16: "challenge"}, "byte string or an unsigned integer"),
+    (RecordType.ROLLCALL, {16: -1}, "challenge"),
+    (RecordType.ROLLCALL, {17: None}, "come together"),
+    (RecordType.ALERT, {16: None}, "kind"),
+    (RecordType.ALERT, {20: -1}, "battery"),
+    (RecordType.RECEIPT, {18: None}, "outcome"),
+    (RecordType.RECEIPT, {19: b"bytes"}, "reason"),
+    (RecordType.DROPPED, {20: [1, "checkin"]}, "array of unsigned integers"),
+    (RecordType.DROPPED, {20: 1}, "types"),
+    (RecordType.DROPPED, {16: 0}, "count 0"),
+    (RecordType.DROPPED, {16: 6}, "count 6 does not fit sequence numbers 10..14"),
+    (RecordType.DROPPED, {17: 15}, "does not fit"),
+]
+
+
+@pytest.mark.parametrize(
+    ("rtype", "changes", "word"),
+    BODY_REFUSALS,
+    ids=[f"{t.name}-{'-'.join(map(str, c))}-{w}" for t, c, w in BODY_REFUSALS],
+)
+def test_validate_body_refuses(rtype: RecordType, changes: dict[int, object], word: str) -> None:
+    body = dict(BODIES[rtype])
+    for k, v in changes.items():
+        if v is None:
+            del body[k]
+        else:
+            body[k] = v
+    with pytest.raises(RecordError, match=re.escape(word)):
+        validate_body(rtype, body)
+
+
+def test_validate_body_ignores_keys_a_later_version_adds() -> None:
+    for rtype, body in BODIES.items():
+        validate_body(rtype, {**body, 40: "later", 41: [1, 2]})
+
+
+def test_minimal_checkin_is_valid() -> None:
+    # v1 agents write every check-in key, but only the point is required (docs/records.md)
+    validate_body(RecordType.CHECKIN, {16: "P001"})
+
+
+def _canonical_sign1(rtype: RecordType, body: Mapping[int, object], device: str) -> bytes:
+    payload = {
+        1: int(rtype),
+        2: device,
+        3: 255,
+        4: 65_535,
+        5: PREV,
+        6: MARCH_1_2026_MS,
+        7: int(TimeSource.GNSS),
+        **{int(k): v for k, v in body.items()},
+    }
+    return sign1(cbor2.dumps(payload, canonical=True), KEY)
+
+
+@pytest.mark.parametrize("rtype", list(RecordType), ids=lambda t: t.name)
+def test_build_is_byte_identical_to_canonical_sign1(rtype: RecordType) -> None:
+    # build lays out the COSE bytes itself (for speed); it must match the reference path
+    body = BODIES[rtype]
+    assert _build(rtype, body) == _canonical_sign1(rtype, body, "h2747")
+
+
+@pytest.mark.parametrize("text_len", [0, 100, 300, 70_000])
+def test_build_matches_sign1_for_every_payload_length_head(text_len: int) -> None:
+    # payloads under 24, under 256, under 65,536 and over: every byte-string head form
+    body = {16: "x" * text_len}
+    device = "d" if text_len == 0 else "h0001"
+    got = build(
+        KEY,
+        device=device,
+        chain=ChainPosition(boot=255, seq=65_535, prev=PREV),
+        rtype=RecordType.CHECKIN,
+        time_ms=MARCH_1_2026_MS,
+        time_source=TimeSource.GNSS,
+        body=body,
+    )
+    assert got == _canonical_sign1(RecordType.CHECKIN, body, device)
+
+
+values = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.lists(st.integers(min_value=0, max_value=2**32), max_size=5),
+)
+
+
+@given(st.dictionaries(st.integers(min_value=16, max_value=2**32), values, max_size=12))
+def test_build_matches_canonical_encoding_for_any_body(body: dict[int, object]) -> None:
+    assert _build(RecordType.HEALTH, body) == _canonical_sign1(RecordType.HEALTH, body, "h2747")

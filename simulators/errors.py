@@ -1,0 +1,271 @@
+"""GNSS error models for ground-truth tracks: what a receiver reports, second by second.
+
+A model is a frozen set of parameters drawn once per case (its sigma, correlation time,
+what accuracy the receiver claims, how often multipath or a pocket spoils a second), and
+`observe` turns a true 1 Hz trajectory into the fixes the receiver would report: one entry
+per true second, None where it reports nothing. Keeping that list aligned with the truth
+is deliberate: scenario code injects jumps and spoofs by replacing entries, and tests hold
+each fix against the position it came from.
+
+The error budget, per condition:
+
+- OPEN_SKY: a first-order Gauss-Markov error per axis whose horizontal 1-sigma (DRMS, the
+  quantity `Fix.accuracy_m` estimates) is `sigma_m`, 2-3 m, wandering with a correlation
+  time of tens of seconds; the receiver reports about that sigma, HDOP near 1, and Doppler
+  speed within a few cm/s of the truth.
+- URBAN_CANYON: the same process with sigma 8-15 m (reported 8-15 m), plus multipath:
+  about 2 % of seconds start an excursion of 30-80 m that lasts 1-5 s. The receiver does
+  not know it is being fooled, so an excursion's fixes claim the usual accuracy.
+- UNDER_COVER: open sky, plus one outage of 60-300 s with no fixes at all where the
+  scenario puts the cover (an arcade over the point).
+- POCKET: open sky, plus white jitter of 1-2 m (RMS) per fix (body shadowing, antenna facing
+  the thigh), Doppler noise of +-0.3 m/s, and occasional dropouts of 3-5 s.
+
+All randomness comes from the caller's `random.Random`; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.fix import Fix, FixMode
+from agent.geo import offset
+
+OPEN_SIGMA_M = (2.0, 3.0)
+URBAN_SIGMA_M = (8.0, 15.0)
+TAU_S = (20.0, 40.0)  # correlation time of the slowly wandering error
+URBAN_TAU_S = (10.0, 30.0)  # multipath decorrelates faster as geometry changes
+OUTLIER_RATE = 0.02  # per second, chance that a multipath excursion starts
+OUTLIER_S = (1, 5)
+OUTLIER_M = (30.0, 80.0)
+OUTAGE_S = (60, 300)
+POCKET_JITTER_M = (1.0, 2.0)
+POCKET_DOPPLER_MPS = 0.3
+DROPOUT_RATE = 0.004  # per second (about one dropout in four minutes)
+DROPOUT_S = (3, 5)
+ACCURACY_WANDER = 0.1  # the claimed accuracy stays within +-10 % of its mean
+
+
+class Condition(enum.StrEnum):
+    OPEN_SKY = "open_sky"
+    URBAN_CANYON = "urban_canyon"
+    UNDER_COVER = "under_cover"
+    POCKET = "pocket"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One second of the true trajectory, in metres from the scenario's origin."""
+
+    north: float
+    east: float
+    speed_mps: float
+    course_deg: float
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorModel:
+    condition: Condition
+    sigma_m: float  # horizontal 1-sigma (DRMS) of the wandering error; per axis sigma/sqrt 2
+    tau_s: float
+    accuracy_m: float  # the mean of what the receiver claims
+    hdop: float
+    satellites: int
+    doppler_sigma_mps: float = 0.03
+    doppler_uniform_mps: float = 0.0  # pocket: uniform +- noise instead of Gaussian
+    jitter_m: float = 0.0  # white noise per fix, horizontal RMS (per axis jitter/sqrt 2)
+    outlier_rate: float = 0.0
+    dropout_rate: float = 0.0
+    outage: bool = False  # one outage where the scenario puts the cover
+    accuracy_bounds: tuple[float, float] = (0.0, math.inf)
+
+    @property
+    def effective_sigma_m(self) -> float:
+        """Horizontal 1-sigma of everything but outliers: what distances are judged by."""
+        return math.hypot(self.sigma_m, self.jitter_m)
+
+
+def draw_model(condition: Condition, rng: random.Random) -> ErrorModel:
+    """The parameters of one receiver in one condition for one case."""
+    if condition is Condition.URBAN_CANYON:
+        sigma = rng.uniform(*URBAN_SIGMA_M)
+        return ErrorModel(
+            condition,
+            sigma_m=sigma,
+            tau_s=rng.uniform(*URBAN_TAU_S),
+            accuracy_m=min(URBAN_SIGMA_M[1], max(URBAN_SIGMA_M[0], sigma * rng.uniform(0.9, 1.1))),
+            hdop=rng.uniform(1.8, 4.0),
+            satellites=rng.randint(5, 9),
+            doppler_sigma_mps=0.08,
+            outlier_rate=OUTLIER_RATE,
+            accuracy_bounds=URBAN_SIGMA_M,
+        )
+    sigma = rng.uniform(*OPEN_SIGMA_M)
+    base = ErrorModel(
+        condition,
+        sigma_m=sigma,
+        tau_s=rng.uniform(*TAU_S),
+        accuracy_m=sigma * rng.uniform(0.9, 1.1),
+        hdop=rng.uniform(0.8, 1.3),
+        satellites=rng.randint(9, 16),
+    )
+    if condition is Condition.UNDER_COVER:
+        return dataclasses.replace(base, outage=True)
+    if condition is Condition.POCKET:
+        jitter = rng.uniform(*POCKET_JITTER_M)
+        return dataclasses.replace(
+            base,
+            jitter_m=jitter,
+            accuracy_m=math.hypot(sigma, jitter) * rng.uniform(0.9, 1.1),
+            doppler_uniform_mps=POCKET_DOPPLER_MPS,
+            dropout_rate=DROPOUT_RATE,
+            satellites=max(6, base.satellites - 3),
+        )
+    return base
+
+
+def fix_at(  # noqa: PLR0917 - one receiver cycle, in the order a receiver states it
+    model: ErrorModel,
+    time_ms: int,
+    origin: tuple[float, float],
+    position: tuple[float, float],
+    accuracy_m: float,
+    speed_mps: float,
+    course_deg: float,
+) -> Fix:
+    """The fix this model's receiver reports at `position` (metres north, east of origin)."""
+    lat, lon = offset(origin[0], origin[1], position[0], position[1])
+    return Fix(
+        time_ms=time_ms,
+        lat=lat,
+        lon=lon,
+        accuracy_m=accuracy_m,
+        hdop=model.hdop * accuracy_m / model.accuracy_m,
+        alt_m=250.0,
+        mode=FixMode.FIX_3D,
+        satellites=model.satellites,
+        speed_mps=max(0.0, speed_mps),
+        course_deg=course_deg % 360.0,
+        accuracy_from_gst=True,
+    )
+
+
+@dataclass(slots=True)
+class Observation:
+    """What the receiver reported for each true second (None: nothing), and why."""
+
+    fixes: list[Fix | None]
+    errors: list[tuple[float, float]]  # (north, east) error added to each second's truth
+    excursions: list[tuple[float, float] | None]  # each second's multipath offset, if any
+
+
+def _excursions(model: ErrorModel, n: int, rng: random.Random) -> list[tuple[float, float] | None]:
+    """Multipath: per second, the excursion's offset, or None outside one."""
+    out: list[tuple[float, float] | None] = [None] * n
+    i = 0
+    while i < n:
+        if rng.random() < model.outlier_rate:
+            length = rng.randint(*OUTLIER_S)
+            bearing, size = rng.uniform(0, 2 * math.pi), rng.uniform(*OUTLIER_M)
+            for k in range(i, min(n, i + length)):
+                out[k] = (size * math.cos(bearing), size * math.sin(bearing))
+            i += length
+        else:
+            i += 1
+    return out
+
+
+def draw_outage(model: ErrorModel, rng: random.Random, cover_at: int) -> tuple[int, int] | None:
+    """UNDER_COVER: the [start, end) seconds of the outage the cover at `cover_at` causes.
+
+    The shade begins up to 20 s before `cover_at` (the arcade reaches out along the way in)
+    and lasts 60-300 s, whether or not the person is still standing there by then.
+    """
+    if not model.outage:
+        return None
+    start = max(0, cover_at - rng.randint(0, 20))
+    return start, start + rng.randint(*OUTAGE_S)
+
+
+def _silences(
+    model: ErrorModel, n: int, rng: random.Random, outage: tuple[int, int] | None
+) -> list[bool]:
+    """Seconds with no fix at all: pocket dropouts, and the cover's outage."""
+    missing = [False] * n
+    if model.dropout_rate:
+        i = 0
+        while i < n:
+            if rng.random() < model.dropout_rate:
+                length = rng.randint(*DROPOUT_S)
+                missing[i : i + length] = [True] * len(missing[i : i + length])
+                i += length
+            else:
+                i += 1
+    if outage is not None:
+        missing[outage[0] : outage[1]] = [True] * len(missing[outage[0] : outage[1]])
+    return missing
+
+
+def observe(  # noqa: PLR0917 - the scenario's positional call reads as a sentence
+    model: ErrorModel,
+    truth: Sequence[Sample],
+    rng: random.Random,
+    origin: tuple[float, float],
+    t0_ms: int,
+    outage: tuple[int, int] | None = None,
+) -> Observation:
+    """The receiver's view of `truth` (1 Hz from `t0_ms`), positions relative to `origin`.
+
+    `outage` is a [start, end) range of seconds with no fix at all (see `draw_outage`).
+    """
+    n = len(truth)
+    axis = model.sigma_m / math.sqrt(2)
+    a = math.exp(-1.0 / model.tau_s)
+    s = axis * math.sqrt(1 - a * a)
+    gauss, uniform = rng.gauss, rng.uniform
+    err_n, err_e = gauss(0, axis), gauss(0, axis)
+    excursions: list[tuple[float, float] | None] = (
+        _excursions(model, n, rng) if model.outlier_rate else [None] * n
+    )
+    missing = _silences(model, n, rng, outage)
+    acc, acc_lo, acc_hi = model.accuracy_m, *model.accuracy_bounds
+    wander_lo = model.accuracy_m * (1 - ACCURACY_WANDER)
+    wander_hi = model.accuracy_m * (1 + ACCURACY_WANDER)
+    jitter = model.jitter_m / math.sqrt(2)
+    dop_u, dop_g = model.doppler_uniform_mps, model.doppler_sigma_mps
+    fixes: list[Fix | None] = []
+    errors: list[tuple[float, float]] = []
+    for i, smp in enumerate(truth):
+        err_n = a * err_n + s * gauss(0, 1)
+        err_e = a * err_e + s * gauss(0, 1)
+        acc = min(wander_hi, max(wander_lo, acc * (1 + 0.02 * (rng.random() - 0.5))))
+        dn, de = err_n, err_e
+        if jitter:
+            dn += gauss(0, jitter)
+            de += gauss(0, jitter)
+        exc = excursions[i]
+        if exc is not None:
+            dn += exc[0]
+            de += exc[1]
+        errors.append((dn, de))
+        if missing[i]:
+            fixes.append(None)
+            continue
+        noise = uniform(-dop_u, dop_u) if dop_u else gauss(0, dop_g)
+        fixes.append(
+            fix_at(
+                model,
+                t0_ms + 1000 * i,
+                origin,
+                (smp.north + dn, smp.east + de),
+                min(acc_hi, max(acc_lo, acc)),
+                smp.speed_mps + noise,
+                smp.course_deg,
+            )
+        )
+    return Observation(fixes, errors, excursions)
