@@ -21,6 +21,7 @@ import enum
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -155,9 +156,12 @@ class Eviction:
     types: tuple[RecordType, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ChainPosition:
-    """Where the next record sits in its device's chain; owned by the outbox."""
+class ChainPosition(NamedTuple):
+    """Where the next record sits in its device's chain; owned by the outbox.
+
+    A NamedTuple rather than a dataclass: one is made per record on the outbox's batched
+    write path, where constructing a frozen dataclass costs a measurable share.
+    """
 
     boot: int
     seq: int
