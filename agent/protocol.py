@@ -32,6 +32,16 @@ def ack_topic(device: str) -> str:
     return f"{PREFIX}/{device}/down/ack"
 
 
+def command_topic(device: str) -> str:
+    """Signed commands from the center to one device (docs/protocol.md)."""
+    return f"{PREFIX}/{device}/down/cmd"
+
+
+def state_topic(device: str) -> str:
+    """Retained `online` / `offline` (the last will) of one device."""
+    return f"{PREFIX}/{device}/up/state"
+
+
 ALL_RECORDS = f"{PREFIX}/+/up/records"
 
 

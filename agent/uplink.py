@@ -20,7 +20,7 @@ import aiomqtt
 
 from agent.errors import RemoteError
 from agent.outbox import Outbox, Stored
-from agent.protocol import ack_topic, decode_ack, records_topic
+from agent.protocol import ack_topic, command_topic, decode_ack, records_topic
 from agent.sync import SyncCore
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,10 @@ class Uplink:
         core: SyncCore | None = None,
         monotonic_ms: Callable[[], int] = lambda: int(time.monotonic() * 1000),
         rng: random.Random | None = None,
+        on_command: Callable[[bytes], None] | None = None,
     ) -> None:
         self.outbox = outbox
+        self.on_command = on_command  # signed commands on …/down/cmd (agent/commands.py)
         self.device = outbox.device
         self.broker = broker
         self.core = core or SyncCore(first_batch_id=int(time.time() * 1000) % 2**31)
@@ -99,6 +101,8 @@ class Uplink:
             timeout=10,
         ) as client:
             await client.subscribe(ack_topic(self.device), qos=1)
+            if self.on_command is not None:
+                await client.subscribe(command_topic(self.device), qos=1)
             self.stats.connects += 1
             self.connected.set()
             async with asyncio.TaskGroup() as tg:
@@ -127,10 +131,15 @@ class Uplink:
                 await asyncio.wait_for(self.wake.wait(), timeout=1.0)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        commands = command_topic(self.device)
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 self.stats.bad_acks += 1
+                continue
+            if message.topic.value == commands:
+                if self.on_command is not None:
+                    self.on_command(bytes(payload))
                 continue
             try:
                 ack = decode_ack(bytes(payload))
