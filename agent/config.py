@@ -10,6 +10,9 @@ and unknown keys are refused (a typo must not silently fall back to a default).
     outbox = "outbox.db"          # default
     plan = "plan.geojson"         # optional: patrol points (docs/plans.md)
     team = "T01"                  # optional: the device's team, for team assignments
+    center_key = "center.pub"     # optional: the center's Ed25519 public key (PEM, or the
+                                  # raw 32 bytes); with it the agent accepts signed commands
+                                  # (docs/commands.md), without it it subscribes to none
 
     [broker]
     host = "127.0.0.1"
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.errors import LocalError
 from agent.protocol import DEVICE_ID
@@ -54,6 +57,23 @@ class AgentConfig:
     team: str | None = None
     gnss_source: str = DEFAULT_GNSS
     not_before: dt.date = DEFAULT_NOT_BEFORE
+    center_key_path: Path | None = None
+
+    def load_center_key(self) -> Ed25519PublicKey | None:
+        """The key that signs commands (None: no `center_key`, commands are not accepted)."""
+        path = self.center_key_path
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            if len(data) == 32:
+                return Ed25519PublicKey.from_public_bytes(data)
+            key = serialization.load_pem_public_key(data)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"center key {path}: {exc}") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError(f"center key {path}: not an Ed25519 public key")
+        return key
 
     def load_key(self) -> Ed25519PrivateKey:
         """Read the signing key once; refuse it if anyone but its owner could read it."""
@@ -96,7 +116,7 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path)
     base = path.parent
-    _only(doc, {"device", "key", "outbox", "plan", "team", "broker", "gnss"}, where)
+    _only(doc, {"device", "key", "outbox", "plan", "team", "center_key", "broker", "gnss"}, where)
     device = str(_get(doc, "device", str, where))
     if not DEVICE_ID.fullmatch(device):
         raise ConfigError(f"{where}: 'device' {device!r} is not a valid device id")
@@ -123,6 +143,9 @@ def load_config(path: Path) -> AgentConfig:
     plan = doc.get("plan")
     if plan is not None and not isinstance(plan, str):
         raise ConfigError(f"{where}: 'plan' must be a path")
+    center_key = doc.get("center_key")
+    if center_key is not None and not isinstance(center_key, str):
+        raise ConfigError(f"{where}: 'center_key' must be a path")
     outbox = doc.get("outbox", "outbox.db")
     if not isinstance(outbox, str):
         raise ConfigError(f"{where}: 'outbox' must be a path")
@@ -136,4 +159,5 @@ def load_config(path: Path) -> AgentConfig:
         team=team,
         gnss_source=source,
         not_before=not_before,
+        center_key_path=None if center_key is None else base / center_key,
     )

@@ -5,6 +5,10 @@ One TaskGroup with named tasks: the GNSS reader (source → time keeper → chec
 outbox every PERSIST_S so that time never goes backwards across a reboot. A stop request
 (SIGTERM, SIGINT) closes open visits that met their dwell, writes the time down, and
 lets the uplink finish its current step; nothing stored is ever at risk from stopping.
+
+With `center_key` in the config, signed commands from the center arrive through the
+uplink and are carried out by a `CommandExecutor` (docs/commands.md); what earlier
+commands set (a task bundle's agenda, settings) is restored from the outbox at start.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.cmdexec import CommandExecutor
+from agent.commands import CommandVerifier
 from agent.config import AgentConfig
 from agent.device import DeviceAgent
 from agent.gnss.sources import GnssSource, SourceStatus, parse_source_url
@@ -52,19 +58,30 @@ class AgentRun:
         spec = parse_source_url(cfg.gnss_source)  # bad URL: refuse before touching anything
         plan = load_plan(cfg.plan_path) if cfg.plan_path else Plan(0, (), ())
         key = cfg.load_key()
+        center_key = cfg.load_center_key()
         outbox = Outbox(cfg.outbox_path, cfg.device)
         try:
             boot = outbox.begin_boot()
             keeper = TimeKeeper(persisted_ms=outbox.stored_time(), mono_ms=self.mono_ms())
             uplink = Uplink(outbox, BrokerAddress(cfg.broker_host, cfg.broker_port))
             agent = DeviceAgent(cfg.device, key, plan, outbox, on_stored=uplink.on_stored)
+            executor: CommandExecutor | None = None
+            if center_key is not None:
+                executor = CommandExecutor(
+                    agent,
+                    CommandVerifier(center_key, cfg.device),
+                    lambda: keeper.now(self.mono_ms()),
+                    team=cfg.team,
+                )
+                executor.restore()
+                uplink.on_command = executor.on_command  # read when the uplink subscribes
             source = GnssSource(spec, not_before=cfg.not_before, on_status=self._status)
             log.info("%s: boot %d, %d points, GNSS %s", cfg.device, boot, len(plan.points), spec)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(uplink.run(), name="uplink")
                 reader = tg.create_task(self._read(source, keeper, agent), name="gnss")
                 clock = tg.create_task(self._persist(keeper, outbox), name="time")
-                ticker = tg.create_task(self._tick(keeper, agent, cfg), name="tick")
+                ticker = tg.create_task(self._tick(keeper, agent, cfg, executor), name="tick")
                 await self.stop_event.wait()
                 reader.cancel()
                 clock.cancel()
@@ -83,7 +100,13 @@ class AgentRun:
         async for fix in source.fixes():
             agent.on_fix(keeper.observe(fix, self.mono_ms()))
 
-    async def _tick(self, keeper: TimeKeeper, agent: DeviceAgent, cfg: AgentConfig) -> None:
+    async def _tick(
+        self,
+        keeper: TimeKeeper,
+        agent: DeviceAgent,
+        cfg: AgentConfig,
+        executor: CommandExecutor | None = None,
+    ) -> None:
         """Windows close and silent visits end even when no fix comes; a new day, a new agenda."""
         day: dt.date | None = None
         while True:
@@ -93,7 +116,11 @@ class AgentRun:
                 today = (dt.datetime.fromtimestamp(now / 1000, dt.UTC) + offset).date()
                 if today != day:
                     day = today
-                    agenda = agent.plan.agenda(today, cfg.device, cfg.team)
+                    agenda = (
+                        executor.agenda(today)  # a task bundle for today, if one came
+                        if executor is not None
+                        else agent.plan.agenda(today, cfg.device, cfg.team)
+                    )
                     agent.engine.set_agenda(agenda)
                     log.info("%s: agenda for %s: %d points", cfg.device, today, len(agenda))
                 agent.tick(now)

@@ -44,6 +44,12 @@ StorageError("outbox …: disk full: …"). The record in hand is not stored, ev
 stored before stays readable, and once space is freed the next append takes the next
 number. Calls are short and synchronous (one commit per call, well under a millisecond on
 flash); the asyncio drivers call them inline.
+
+**Commands.** The table `commands` holds every command from the center this device has
+answered (agent/cmdexec.py, docs/commands.md): its number, type, outcome and signed bytes.
+`answer_command` writes that row and the command's records (its receipt, and a roll call's
+answer) in one transaction, so a command is answered exactly once, even across a crash: its
+highest number is the replay floor. The rest of the outbox never reads the table.
 """
 
 from __future__ import annotations
@@ -84,6 +90,15 @@ class Priority(enum.IntEnum):
 
 TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS commands (
+        number INTEGER PRIMARY KEY,
+        type INTEGER NOT NULL,
+        outcome INTEGER NOT NULL,
+        reason TEXT,
+        time_ms INTEGER NOT NULL,
+        command BLOB NOT NULL,
+        receipt INTEGER NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS outbox (
         seq INTEGER PRIMARY KEY,
         type INTEGER NOT NULL,
@@ -125,6 +140,19 @@ class Built:
     type: RecordType
     time_ms: int
     raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredCommand:
+    """A row of `commands`: a command from the center this device answered."""
+
+    number: int
+    type: int
+    outcome: int  # agent.records.Outcome
+    reason: str | None
+    time_ms: int
+    command: bytes  # the signed command, as received
+    receipt: int  # the sequence number of its receipt record
 
 
 Builder = Callable[[ChainPosition], Built]
@@ -416,7 +444,13 @@ class Outbox:
         """
         return self._append(tuple(builds), evictable)
 
-    def _append(self, builds: Sequence[Builder], evictable: bool) -> list[Stored]:
+    def _append(
+        self,
+        builds: Sequence[Builder],
+        evictable: bool,
+        also: tuple[str, Sequence[object]] | None = None,
+    ) -> list[Stored]:
+        """`also`: one more statement for the same transaction (`answer_command`)."""
         if not builds:
             return []
         db = self._db
@@ -429,6 +463,8 @@ class Outbox:
         eviction: tuple[Eviction, Built] | None = None
         try:
             with self._tx():
+                if also is not None:
+                    db.execute(*also)
                 for build in builds:  # the hot loop of a batch: every attribute lookup counts
                     built = build(ChainPosition(boot, seq, prev))
                     rtype, raw = built.type, built.raw
@@ -567,6 +603,40 @@ class Outbox:
                     self._db.execute(SET_META, ("time_ms", time_ms))
         except sqlite3.Error as exc:
             raise self._error("cannot store time", exc) from exc
+
+    def last_command(self) -> int:
+        """The highest number of a command answered here (0: none yet): the replay floor."""
+        row = self._db.execute("SELECT max(number) FROM commands").fetchone()
+        return int(row[0] or 0)
+
+    def answer_command(
+        self,
+        *,
+        number: int,
+        command_type: int,
+        outcome: int,
+        reason: str | None,
+        time_ms: int,
+        command: bytes,
+        builds: Sequence[Builder],
+    ) -> list[Stored]:
+        """Mark a command answered and append its records, the receipt last, in one
+        transaction: after a crash both are durable or neither is."""
+        if not builds:
+            raise ValueError("a command is answered with at least its receipt")
+        receipt = self._next_seq + len(builds) - 1
+        row = (number, command_type, outcome, reason, time_ms, command, receipt)
+        insert = "INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?, ?)"
+        return self._append(tuple(builds), False, (insert, row))
+
+    def answered_commands(self, command_type: int | None = None) -> list[AnsweredCommand]:
+        """Commands answered here (of one type, if given), oldest number first."""
+        sql = "SELECT number, type, outcome, reason, time_ms, command, receipt FROM commands"
+        params: tuple[int, ...] = ()
+        if command_type is not None:
+            sql, params = sql + " WHERE type = ?", (command_type,)
+        rows = self._db.execute(sql + " ORDER BY number", params).fetchall()
+        return [AnsweredCommand(*row) for row in rows]
 
     def depth(self) -> int:
         """How many records wait to be sent (refused ones are not counted)."""

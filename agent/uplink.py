@@ -1,9 +1,25 @@
 """The MQTT driver around `SyncCore`: connect, publish batches, apply acknowledgements.
 
 An aiomqtt client is single-use, so a supervisor loop makes a new one per connection and
-backs off exponentially with jitter between failures. Within a connection one TaskGroup
-runs the receiver (acknowledgements) and the sender (batches, woken by new records or
-freed window slots, and at least once a second to expire unanswered batches).
+backs off exponentially with jitter between failures (short again after a connection
+that worked). Within a connection one TaskGroup runs the receiver (acknowledgements and
+commands), the watchdog and the sender (batches, woken by new records or freed window
+slots, and at least once a second to expire unanswered batches). Only the center's
+acknowledgement deletes from the outbox; the broker's PUBACK proves nothing durable.
+
+**Presence.** The connection carries a last will, `offline` retained at QoS 1 on
+…/up/state; right after connecting the uplink publishes `online` there, retained, and on a
+clean stop `offline` again (a clean DISCONNECT does not fire the will).
+
+**Half-open links.** A link that silently stops forwarding (a NAT that forgot the flow, a
+cell that lost the bearer) looks healthy to TCP for minutes. paho's own keepalive closes it
+only when a PINGRESP is a whole keepalive late, after the ping itself waited a keepalive:
+up to two keepalives. The watchdog is stricter: when nothing came from the broker for
+PROBE_AFTER of a keepalive, it publishes an empty QoS 1 probe on …/up/ping and gives the
+PUBACK PROBE_TIMEOUT of a keepalive. Every acknowledgement, PUBACK or message counts as
+hearing from the broker, so a busy link is never probed and an idle one costs one small
+publish per 0.75 keepalive (instead of paho's ping per keepalive). A dead link is
+therefore noticed within 1.25 keepalives plus one watchdog tick (an eighth).
 """
 
 from __future__ import annotations
@@ -12,18 +28,51 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiomqtt
 
-from agent.errors import RemoteError
+from agent.errors import LocalError, RemoteError, StorageError
 from agent.outbox import Outbox, Stored
-from agent.protocol import ack_topic, command_topic, decode_ack, records_topic
+from agent.protocol import (
+    MAX_BATCH,
+    PREFIX,
+    ack_topic,
+    command_topic,
+    decode_ack,
+    records_topic,
+    state_topic,
+)
 from agent.sync import SyncCore
 
 log = logging.getLogger(__name__)
+
+
+class _Routine(logging.Filter):
+    """paho logs a dropped connection at ERROR; to the uplink that is routine (it reconnects,
+    and says so itself), so paho's messages pass as DEBUG, and only when that is enabled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return log.isEnabledFor(logging.DEBUG)
+
+
+_paho_log = log.getChild("paho")
+_paho_log.addFilter(_Routine())
+
+ONLINE, OFFLINE = b"online", b"offline"
+PROBE_AFTER = 0.75  # of a keepalive without hearing from the broker: probe
+PROBE_TIMEOUT = 0.5  # of a keepalive for the probe's PUBACK
+WATCH_TICKS = 8  # watchdog checks per keepalive
+
+
+def probe_topic(device: str) -> str:
+    """Empty QoS 1 probes of a silent link; nobody subscribes (docs/protocol.md)."""
+    return f"{PREFIX}/{device}/up/ping"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +81,64 @@ class BrokerAddress:
     port: int
 
 
+@dataclass(frozen=True, slots=True)
+class UplinkTls:
+    """TLS to the broker: trust `ca_path` (the system store when None) and, when given,
+    present the device's certificate (`cert_path`, with `key_path` unless the key is in it)."""
+
+    ca_path: Path | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        if self.key_path is not None and self.cert_path is None:
+            raise LocalError(f"TLS: key {self.key_path} given without a certificate")
+        try:
+            ctx = ssl.create_default_context(
+                cafile=None if self.ca_path is None else str(self.ca_path)
+            )
+            if self.cert_path is not None:
+                ctx.load_cert_chain(
+                    str(self.cert_path), None if self.key_path is None else str(self.key_path)
+                )
+        except (OSError, ssl.SSLError) as exc:
+            raise LocalError(f"TLS: cannot load CA, certificate or key: {exc}") from exc
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkOptions:
+    keepalive_s: int = 30  # MQTT keepalive; a half-open link is noticed within ~1.4 of it
+    tls: UplinkTls | None = None
+    connect_timeout_s: float = 10.0  # CONNACK, SUBACK, and the clean DISCONNECT
+    publish_timeout_s: float = 10.0  # a batch's PUBACK
+    backoff_initial_s: float = 0.25  # doubled per failed attempt, times 0.5-1.5 of jitter
+    backoff_max_s: float = 30.0
+    poll_s: float = 1.0  # the sender looks at the outbox and timeouts at least this often
+
+
 @dataclass(slots=True)
 class UplinkStats:
     connects: int = 0
+    link_losses: int = 0  # sessions that ended other than by stop()
     batches_sent: int = 0
     records_sent: int = 0
     records_acked: int = 0
     records_refused: int = 0
     bad_acks: int = 0
+    probes: int = 0
+    last_error: str = field(default="")
+
+
+def default_core() -> SyncCore:
+    """8 batches in flight, 32 records to start with, up to 256 on a fast link."""
+    return SyncCore(
+        batch_size=32,
+        max_batch_size=MAX_BATCH,
+        window=8,
+        first_batch_id=int(time.time() * 1000) % 2**31,
+    )
 
 
 class Uplink:
@@ -49,6 +148,7 @@ class Uplink:
         broker: BrokerAddress,
         *,
         core: SyncCore | None = None,
+        options: UplinkOptions | None = None,
         monotonic_ms: Callable[[], int] = lambda: int(time.monotonic() * 1000),
         rng: random.Random | None = None,
         on_command: Callable[[bytes], None] | None = None,
@@ -57,16 +157,21 @@ class Uplink:
         self.on_command = on_command  # signed commands on …/down/cmd (agent/commands.py)
         self.device = outbox.device
         self.broker = broker
-        self.core = core or SyncCore(first_batch_id=int(time.time() * 1000) % 2**31)
+        self.core = core or default_core()
+        self.options = options or UplinkOptions()
         self.stats = UplinkStats()
         self.wake = asyncio.Event()
+        self.connected = asyncio.Event()
+        self._tls = None if self.options.tls is None else self.options.tls.context()
         self._now = monotonic_ms
         self._rng = rng or random.Random()
         self._stopping = asyncio.Event()
-        self.connected = asyncio.Event()
+        self._heard_ms = 0  # when the broker last answered anything on this connection
 
-    def on_stored(self, _stored: Stored) -> None:
-        """A record was stored: send it without waiting for the next poll."""
+    def on_stored(self, stored: Stored | None = None) -> None:
+        """A record was stored (None: the outbox changed somehow): send without waiting."""
+        if stored is not None:
+            self.core.note_stored(stored)
         self.wake.set()
 
     def stop(self) -> None:
@@ -74,41 +179,73 @@ class Uplink:
         self.wake.set()
 
     async def run(self) -> None:
-        """Supervise connections until `stop()`; never raises on link failures."""
+        """Supervise connections until `stop()`; never raises on link failures.
+
+        Cancelling the task ends it, even when the cancellation lands while a session is
+        failing: a TaskGroup whose child failed raises the failure and (in Python 3.11)
+        drops the cancellation, so the loop asks the task whether it is being cancelled.
+        """
+        task = asyncio.current_task()
         failures = 0
         while not self._stopping.is_set():
+            connects = self.stats.connects
             try:
                 await self._session()
-                failures = 0
             except* (aiomqtt.MqttError, OSError, TimeoutError) as group:
-                failures += 1
-                log.debug("%s: link down: %s", self.device, group.exceptions[0])
+                self._lost(group.exceptions[0], logging.DEBUG)
+            except* StorageError as group:  # a full disk: keep what we have, try again later
+                self._lost(group.exceptions[0], logging.WARNING)
             finally:
                 self.connected.clear()
                 self.core.link_down()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             if self._stopping.is_set():
                 break
-            delay = min(30.0, 0.25 * 2 ** min(failures, 8)) * (0.5 + self._rng.random())
+            failures = 1 if self.stats.connects > connects else failures + 1
+            opts = self.options
+            delay = min(opts.backoff_max_s, opts.backoff_initial_s * 2 ** min(failures, 16))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=delay * (0.5 + self._rng.random())
+                )
+            if task is not None and task.cancelling():  # 3.11's wait_for can drop it too
+                raise asyncio.CancelledError
+
+    def _lost(self, exc: BaseException, level: int) -> None:
+        self.stats.link_losses += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        log.log(level, "%s: link down: %s", self.device, self.stats.last_error)
 
     async def _session(self) -> None:
+        opts = self.options
+        state = state_topic(self.device)
         async with aiomqtt.Client(
             self.broker.host,
             self.broker.port,
             identifier=f"picket-{self.device}",
-            keepalive=30,
-            timeout=10,
+            logger=_paho_log,
+            keepalive=opts.keepalive_s,
+            timeout=opts.connect_timeout_s,
+            will=aiomqtt.Will(state, OFFLINE, qos=1, retain=True),
+            tls_context=self._tls,
+            max_inflight_messages=self.core.window + 2,  # batches, the state and a probe
         ) as client:
             await client.subscribe(ack_topic(self.device), qos=1)
             if self.on_command is not None:
                 await client.subscribe(command_topic(self.device), qos=1)
+            await client.publish(state, ONLINE, qos=1, retain=True, timeout=opts.publish_timeout_s)
+            self._heard_ms = self._now()
             self.stats.connects += 1
             self.connected.set()
             async with asyncio.TaskGroup() as tg:
-                receiver = tg.create_task(self._receive(client), name=f"{self.device}-acks")
+                receiver = tg.create_task(self._receive(client), name=f"{self.device}-receive")
+                watchdog = tg.create_task(self._watch(client), name=f"{self.device}-watchdog")
                 await self._send(client)
                 receiver.cancel()
+                watchdog.cancel()
+            with contextlib.suppress(aiomqtt.MqttError):  # stopping: say so, then DISCONNECT
+                await client.publish(state, OFFLINE, qos=1, retain=True, timeout=2.0)
 
     async def _send(self, client: aiomqtt.Client) -> None:
         topic = records_topic(self.device)
@@ -118,21 +255,46 @@ class Uplink:
             self.core.expire(now)
             slots = self.core.free_slots()
             if slots:
-                pending = self.outbox.pending(
-                    slots * self.core.batch_size, skip=self.core.in_flight
-                )
+                pending = self.outbox.pending(slots * self.core.batch_size, skip=self.core.skip)
                 batches = self.core.plan(pending, now)
-                await asyncio.gather(
-                    *(client.publish(topic, b.encode(), qos=1, timeout=10) for b in batches)
-                )
-                self.stats.batches_sent += len(batches)
-                self.stats.records_sent += sum(len(b.records) for b in batches)
+                if batches:
+                    async with asyncio.TaskGroup() as tg:  # one failure cancels the rest
+                        for b in batches:
+                            tg.create_task(
+                                client.publish(
+                                    topic, b.encode(), qos=1, timeout=self.options.publish_timeout_s
+                                ),
+                                name=f"{self.device}-batch-{b.id}",
+                            )
+                    self._heard_ms = self._now()  # PUBACKs came back
+                    self.stats.batches_sent += len(batches)
+                    self.stats.records_sent += sum(len(b.records) for b in batches)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                await asyncio.wait_for(self.wake.wait(), timeout=self.options.poll_s)
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Probe a link the broker has been silent on; a missing PUBACK ends the session."""
+        keepalive_ms = self.options.keepalive_s * 1000
+        topic = probe_topic(self.device)
+        while True:
+            await asyncio.sleep(self.options.keepalive_s / WATCH_TICKS)
+            if self._now() - self._heard_ms < PROBE_AFTER * keepalive_ms:
+                continue
+            self.stats.probes += 1
+            try:
+                await client.publish(
+                    topic, b"", qos=1, timeout=PROBE_TIMEOUT * self.options.keepalive_s
+                )
+            except aiomqtt.MqttError as exc:
+                raise aiomqtt.MqttError(
+                    f"no PUBACK within {PROBE_TIMEOUT} keepalive: the link is dead ({exc})"
+                ) from exc
+            self._heard_ms = self._now()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         commands = command_topic(self.device)
         async for message in client.messages:
+            self._heard_ms = self._now()
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 self.stats.bad_acks += 1
@@ -147,7 +309,7 @@ class Uplink:
                 self.stats.bad_acks += 1
                 log.log(logging.WARNING if self.stats.bad_acks == 1 else logging.DEBUG, "%s", exc)
                 continue
-            settled = self.core.on_ack(ack)
+            settled = self.core.on_ack(ack, self._now())
             self.stats.records_acked += self.outbox.acknowledge(settled.delete)
             for seq, reason in settled.refused:
                 self.outbox.refuse(seq, reason.name)

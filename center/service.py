@@ -4,26 +4,60 @@ Like the agent's uplink, a supervisor makes a new aiomqtt client per connection 
 off between failures, so a broker restart costs a reconnect, never the process. Keys come
 from the registry and are cached; an unknown device triggers one re-read (a device
 provisioned after the center started is accepted without a restart).
+
+Several workers share the load through an MQTT 5 shared subscription
+(`$share/{group}/picket/v1/+/up/records`): the broker hands each batch to one member of
+the group, so running N `picket center run` processes on one database (SQLite: one
+machine; PostgreSQL: any) spreads the verification, which is where the CPU goes. Every
+worker also subscribes, unshared, to the devices' retained `online`/`offline` state, and
+keeps the newest in the store for `picket center status`.
+
+The acknowledgement is published only after the store's COMMIT returned. A worker killed
+between the two leaves stored records unacknowledged: the device resends them and the
+store answers them as duplicates. A database that fails (StoreError) is handled like a
+broker outage: the connection is dropped, nothing of the batch was acknowledged, and the
+supervisor reconnects after a backoff.
+
+Database calls run on one thread of their own, one at a time, so the event loop never
+waits on a COMMIT's fsync, nor on another worker holding SQLite's write lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.protocol import ALL_RECORDS, ack_topic, device_of_topic
+from agent.errors import RemoteError
+from agent.protocol import ALL_RECORDS, PREFIX, ack_topic, device_of_topic
 from center.ingest import Ingest
-from center.store import CenterStore
+from center.status import Presence
+from center.store import Store, StoreError, open_store
 from provisioning.registry import Registry
 
 log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "picket-center"
+ALL_STATES = f"{PREFIX}/+/up/state"
+
+T = TypeVar("T")
+
+
+def shared(group: str, topic: str) -> str:
+    """The MQTT 5 shared-subscription filter for `topic` in `group`."""
+    if not group or any(c in group for c in "/+#"):
+        raise ValueError(f"shared subscription group {group!r} must be non-empty, without / + #")
+    return f"$share/{group}/{topic}"
 
 
 class KeyCache:
@@ -51,16 +85,42 @@ class KeyCache:
         return key
 
 
+def parse_presence(payload: bytes) -> Presence | None:
+    """`online` / `offline` (any case, surrounding blanks ignored); None for anything else,
+    including the empty payload that clears a retained message."""
+    try:
+        return Presence(payload.decode("ascii").strip().lower())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
 class CenterService:
-    def __init__(self, db: Path, registry: Path, host: str, port: int) -> None:
-        self.store = CenterStore(db)
-        self.ingest = Ingest(self.store, KeyCache(registry))
+    def __init__(
+        self,
+        db: str | Path,
+        registry: Path,
+        host: str,
+        port: int,
+        *,
+        group: str = DEFAULT_GROUP,
+        store: Store | None = None,
+        key_of: Callable[[str], Ed25519PublicKey | None] | None = None,
+    ) -> None:
+        self.records_filter = shared(group, ALL_RECORDS)
+        self.store = store if store is not None else open_store(db)
+        self.ingest = Ingest(self.store, key_of or KeyCache(registry))
         self.host, self.port = host, port
         self.ready = asyncio.Event()
+        self.states = 0  # state messages recorded
+        self.bad_states = 0  # state messages that were not online/offline
         self._stop = asyncio.Event()
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="center-db")
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _in_db(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
     async def run(self) -> None:
         failures = 0
@@ -77,28 +137,57 @@ class CenterService:
                 except* (aiomqtt.MqttError, OSError, TimeoutError) as eg:
                     failures += 1
                     log.warning("broker link down: %s", eg.exceptions[0])
+                except* StoreError as eg:
+                    failures += 1
+                    log.error("database failed, reconnecting: %s", eg.exceptions[0])
                 self.ready.clear()
                 delay = min(10.0, 0.2 * 2 ** min(failures, 6)) * (0.5 + random.random())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
         finally:
-            self.store.close()
+            # After any database call still running (the executor runs one at a time).
+            closing = self._db.submit(self.store.close)
+            self._db.shutdown(wait=False)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wrap_future(closing)
 
     async def _session(self) -> None:
         async with aiomqtt.Client(
             self.host,
             self.port,
             identifier=f"picket-center-{random.getrandbits(32):08x}",
+            protocol=aiomqtt.ProtocolVersion.V5,
             keepalive=30,
             timeout=10,
         ) as client:
-            await client.subscribe(ALL_RECORDS, qos=1)
+            await client.subscribe(self.records_filter, qos=1)
+            await client.subscribe(ALL_STATES, qos=1)
             self.ready.set()
-            log.info("center subscribed to %s on %s:%d", ALL_RECORDS, self.host, self.port)
+            log.info("center subscribed to %s on %s:%d", self.records_filter, self.host, self.port)
             async for message in client.messages:
                 payload = message.payload
                 topic = message.topic.value
                 raw = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-                ack = self.ingest.handle(topic, raw, int(time.time() * 1000))
-                if ack is not None:
+                now_ms = int(time.time() * 1000)
+                if message.topic.matches(ALL_STATES):
+                    await self._note_state(topic, raw, now_ms, retained=message.retain)
+                    continue
+                ack = await self._in_db(self.ingest.handle, topic, raw, now_ms)
+                if ack is not None:  # after the COMMIT: the records are on disk
                     await client.publish(ack_topic(device_of_topic(topic)), ack.encode(), qos=1)
+
+    async def _note_state(self, topic: str, payload: bytes, now_ms: int, *, retained: bool) -> None:
+        presence = parse_presence(payload)
+        try:
+            device = device_of_topic(topic)
+        except RemoteError:
+            presence = None
+        if presence is None:
+            if payload:
+                self.bad_states += 1
+                level = logging.WARNING if self.bad_states == 1 else logging.DEBUG
+                log.log(level, "ignored state message on %s: %r", topic, payload[:32])
+            return
+        note = functools.partial(self.store.note_presence, retained=retained)
+        await self._in_db(note, device, presence, now_ms)
+        self.states += 1

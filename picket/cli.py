@@ -15,8 +15,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from picket import benchcmd, centercmd, checkincmd, gps, plancmd
+from picket import benchcmd, centercmd, centerstatus, checkincmd, commandcmd, gps, plancmd
+
+if TYPE_CHECKING:
+    from simulators.faults import FaultKind
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -52,6 +56,15 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _faults(text: str) -> tuple[FaultKind, ...]:
+    from simulators.faults import FaultError, parse_faults
+
+    try:
+        return parse_faults(text)
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="picket", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
@@ -63,15 +76,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="seed of district and walkers (7)")
     demo.add_argument("--workdir", type=Path, help="keep device state and center.db here")
     demo.add_argument("--json", action="store_true", help="print one JSON object last")
+    demo.add_argument(
+        "--faults",
+        type=_faults,
+        default=(),
+        metavar="KIND[,KIND…]",
+        help="inject faults at moments drawn from the seed: "
+        "broker-kill, broker-outage, agent-kill, center-kill, link-flap, half-open",
+    )
 
     center = sub.add_parser("center", help="the receiving end").add_subparsers(
         dest="center_command", required=True, metavar="COMMAND"
     )
     run = center.add_parser("run", help="verify, de-duplicate, store and acknowledge records")
-    run.add_argument("--db", type=Path, required=True, help="center SQLite database")
+    run.add_argument(
+        "--db", required=True, help="center database: a SQLite path or a postgresql:// URL"
+    )
     run.add_argument("--registry", type=Path, required=True, help="device registry (SQLite)")
     run.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+    run.add_argument(
+        "--group",
+        default="picket-center",
+        help="MQTT 5 shared-subscription group: workers in one group share the load",
+    )
     centercmd.add_center_parsers(center)
+    centerstatus.add_parser(center)
+    commandcmd.add_center_parsers(center)
 
     agent = sub.add_parser("agent", help="the daemon on the device").add_subparsers(
         dest="agent_command", required=True, metavar="COMMAND"
@@ -99,7 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from picket.progress import Progress
     from simulators.demo import DemoError, DemoOptions, run_demo
 
-    opts = DemoOptions(args.devices, args.minutes, args.seed, args.workdir)
+    opts = DemoOptions(args.devices, args.minutes, args.seed, args.workdir, args.faults)
     try:
         report = asyncio.run(run_demo(opts, Progress()))
     except DemoError as exc:
@@ -115,14 +145,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_center_run(args: argparse.Namespace) -> int:
+    from center.export import CenterDbError
     from center.service import CenterService
 
     if not args.registry.exists():
         raise BadInput(f"registry {args.registry} does not exist (provision a device first)")
     host, port = args.broker
 
-    async def serve() -> dict[str, int]:
-        service = CenterService(args.db, args.registry, host, port)
+    async def serve() -> dict[str, object]:
+        try:
+            service = CenterService(args.db, args.registry, host, port, group=args.group)
+        except (ValueError, CenterDbError) as exc:
+            raise BadInput(str(exc)) from exc
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.stop)
@@ -134,14 +168,7 @@ def _cmd_center_run(args: argparse.Namespace) -> int:
         announcer = asyncio.create_task(announce(), name="center-announce")
         await service.run()
         announcer.cancel()
-        s = service.ingest.stats
-        return {
-            "batches": s.batches,
-            "bad_batches": s.bad_batches,
-            "stored": s.stored,
-            "duplicates": s.duplicates,
-            "refused": s.refused,
-        }
+        return {**service.ingest.stats.as_dict()}
 
     print(json.dumps(asyncio.run(serve()), sort_keys=True), flush=True)
     return EXIT_OK
@@ -178,9 +205,11 @@ def _cmd_checkin_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_provision_device(args: argparse.Namespace) -> int:
+    from provisioning.center import center_public_path
     from provisioning.device import ProvisioningError, provision_device
 
     host, port = args.broker
+    pub = center_public_path(args.fleet)  # devices of a fleet with a command key verify it
     try:
         files = provision_device(
             args.fleet,
@@ -189,6 +218,7 @@ def _cmd_provision_device(args: argparse.Namespace) -> int:
             broker_host=host,
             broker_port=port,
             now_ms=int(time.time() * 1000),
+            center_pub=pub if pub.exists() else None,
         )
     except ProvisioningError as exc:
         raise BadInput(str(exc)) from exc
@@ -213,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         ("plan", "check"): plancmd.check,
         ("bench", "checkins"): benchcmd.checkins,
         ("center", "export"): centercmd.export,
+        ("center", "status"): centerstatus.status,
+        ("center", "key"): commandcmd.key,
+        ("center", "dispatch"): commandcmd.dispatch,
+        ("center", "roll-call"): commandcmd.roll_call,
+        ("center", "reminder"): commandcmd.reminder,
         ("center", "devices"): centercmd.devices,
         ("provision", "device"): _cmd_provision_device,
     }

@@ -41,8 +41,17 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def provision_device(
-    fleet: Path, device: str, out: Path, *, broker_host: str, broker_port: int, now_ms: int
+    fleet: Path,
+    device: str,
+    out: Path,
+    *,
+    broker_host: str,
+    broker_port: int,
+    now_ms: int,
+    center_pub: Path | None = None,
 ) -> DeviceFiles:
+    """`center_pub`: the center's public key (provisioning/center.py), copied into the device
+    folder and named in its config, so that the agent accepts the center's commands."""
     if not DEVICE_ID.fullmatch(device):
         raise ProvisioningError(
             f"device id {device!r} must be 1-64 letters, digits, '.', '_' or '-' "
@@ -63,9 +72,16 @@ def provision_device(
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
+    commands = ""
+    if center_pub is not None:
+        try:
+            (out / "center.pub").write_bytes(center_pub.read_bytes())
+        except OSError as exc:
+            raise ProvisioningError(f"cannot copy the center key {center_pub}: {exc}") from exc
+        commands = 'center_key = "center.pub"\n'
     config = out / "config.toml"
     config.write_text(
-        f'device = "{device}"\nkey = "device.key"\noutbox = "outbox.db"\n\n'
+        f'device = "{device}"\nkey = "device.key"\noutbox = "outbox.db"\n{commands}\n'
         f'[broker]\nhost = "{broker_host}"\nport = {broker_port}\n',
         encoding="utf-8",
     )

@@ -3,6 +3,11 @@
 Demos and tests never touch a system broker: each starts its own, in its own folder, and
 can stop and restart it on the same port to play a broker outage. The executable is looked
 up on PATH and in /usr/sbin (where Debian installs it, off a normal user's PATH).
+
+With `persistence=True` the broker keeps its state (retained messages, persistent sessions
+and their queued messages, subscriptions) in workdir/mosquitto.db, saved every second and
+at a clean stop, and reads it back when it starts again; a kill -9 loses what changed since
+the last save, as on a real server.
 """
 
 from __future__ import annotations
@@ -41,12 +46,24 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, persistence: bool = False
+    ) -> None:
         self.workdir = workdir
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self.persistence = persistence
         self.exe = find_mosquitto()
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running broker's process id (None when stopped or killed)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def config_path(self) -> Path:
@@ -54,10 +71,19 @@ class Mosquitto:
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        persistence = (
+            f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+            if self.persistence
+            else "persistence false\n"
+        )
+        # Started as root, mosquitto switches to the `mosquitto` user, which cannot write the
+        # log or the database in a folder root made: keep this private broker as who started it.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.config_path.write_text(
             f"listener {self.port} {self.host}\n"
+            f"{user}"
             "allow_anonymous true\n"
-            "persistence false\n"
+            f"{persistence}"
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
             f"log_dest file {self.workdir / 'mosquitto.log'}\n"

@@ -3,9 +3,17 @@
 Provisions N devices, starts a private Mosquitto and the center (as its own process, the
 way a site runs it), then runs one real agent per device in this process: walkers emit
 NMEA second by second of virtual time, as fast as the CPU allows, while each device's
-uplink syncs over real MQTT in real time. When every walker has finished its shift the
-demo waits for every outbox to drain, stops everything, and audits the center database
+uplink syncs over real MQTT in real time. Every HEALTH_INTERVAL_S of virtual time each
+agent also stores a health record. When every walker has finished its shift the demo
+waits for every outbox to drain, stops everything, and audits the center database
 against what the devices created. Nothing here is faked: only the GNSS sky is simulated.
+
+With `faults`, the fleet suffers them while it works (simulators/faults.py plans when;
+`_Fleet` is what they act on). Killing an agent is what kill -9 does to the daemon: its
+uplink task is cancelled, its engine (and any visit in progress) forgotten, and its
+outbox connection dropped without a close; after a pause a new agent starts from the same
+config and outbox file, at the next boot. A device with a link fault talks to the broker
+through its own LinkProxy (simulators/proxy.py).
 """
 
 from __future__ import annotations
@@ -18,24 +26,46 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config import load_config
+from agent.config import AgentConfig, load_config
 from agent.device import DeviceAgent
+from agent.fix import TimeSource
+from agent.health import health_snapshot, store_health
 from agent.outbox import Outbox
 from agent.plan import Plan
+from agent.protocol import MAX_BATCH
 from agent.records import RecordType
-from agent.uplink import BrokerAddress, Uplink
+from agent.sync import SyncCore
+from agent.uplink import BrokerAddress, Uplink, UplinkOptions
 from center.audit import audit
 from picket.progress import Progress
 from provisioning.device import provision_device, registry_path
 from simulators.broker import Mosquitto
 from simulators.district import generate_district
+from simulators.faults import (
+    FaultKind,
+    FaultPlan,
+    VirtualClock,
+    plan_faults,
+    run_faults,
+)
+from simulators.proxy import LinkProxy
 from simulators.walker import Walker
 
 SHIFT_START_MS = 1_772_323_200_000  # 2026-03-01 00:00 UTC (08:00 in Chongqing)
 DRAIN_TIMEOUT_S = 60.0
+HEALTH_INTERVAL_S = 300  # virtual seconds between a device's health records
+# Real-time settings of the demo's uplinks: a keepalive short enough that a half-open link
+# is noticed in seconds, and backoff and resend times that fit a run of a minute or two. A
+# connection reset before the CONNACK (a refused link-flap) costs aiomqtt the whole connect
+# timeout, hence a short one on this loopback broker.
+UPLINK = UplinkOptions(
+    keepalive_s=4, connect_timeout_s=3.0, publish_timeout_s=5.0, backoff_max_s=2.0
+)
+ACK_TIMEOUT_MS = 5_000
 
 
 class DemoError(Exception):
@@ -48,13 +78,34 @@ class DemoOptions:
     minutes: float = 60.0
     seed: int = 7
     workdir: Path | None = None
+    faults: tuple[FaultKind, ...] = ()
 
 
 @dataclass(slots=True)
 class _Device:
+    index: int
+    config: AgentConfig
+    walker: Walker
     agent: DeviceAgent
     uplink: Uplink
-    walker: Walker
+    proxy: LinkProxy | None = None
+    task: asyncio.Task[None] | None = None
+    alive: bool = True
+    started_ms: int = SHIFT_START_MS  # virtual time of this agent's start
+    created: Counter[RecordType] = field(default_factory=Counter)  # by agents before this one
+    nmea_errors: int = 0  # likewise
+    abandoned: list[Outbox] = field(default_factory=list)  # connections a kill dropped
+
+    @property
+    def device(self) -> str:
+        return self.config.device
+
+    def checkins(self) -> int:
+        return self.created[RecordType.CHECKIN] + self.agent.created[RecordType.CHECKIN]
+
+    def parse_errors(self) -> int:
+        stats = self.agent.parser.stats
+        return self.nmea_errors + stats.bad_checksum + stats.malformed
 
 
 def device_id(i: int) -> str:
@@ -84,11 +135,14 @@ async def _start_center(workdir: Path, broker: Mosquitto) -> asyncio.subprocess.
         line = b""
     if not line.startswith(b"ready"):
         proc.kill()
+        await proc.wait()
         raise DemoError(f"the center did not start; see {workdir / 'center.log'}")
     return proc
 
 
 async def _stop_center(proc: asyncio.subprocess.Process) -> dict[str, object]:
+    if proc.returncode is not None:
+        return {}
     proc.send_signal(signal.SIGTERM)
     assert proc.stdout is not None
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=20)
@@ -99,65 +153,183 @@ async def _stop_center(proc: asyncio.subprocess.Process) -> dict[str, object]:
     return stats if isinstance(stats, dict) else {}
 
 
-def _make_devices(opts: DemoOptions, workdir: Path, plan: Plan, broker: Mosquitto) -> list[_Device]:
-    fleet = workdir / "fleet"
-    shift_end = SHIFT_START_MS + int(opts.minutes * 60_000)
-    devices = []
-    for i in range(opts.devices):
-        dev = device_id(i)
-        files = provision_device(
-            fleet,
-            dev,
-            workdir / "devices" / dev,
-            broker_host=broker.host,
-            broker_port=broker.port,
-            now_ms=SHIFT_START_MS,
-        )
-        cfg = load_config(files.config)
+class _Fleet:
+    """The devices, the broker and the center: what the demo runs and faults act on."""
+
+    def __init__(self, workdir: Path, plan: Plan, broker: Mosquitto, clock: VirtualClock) -> None:
+        self.workdir = workdir
+        self.plan = plan
+        self.broker = broker
+        self.clock = clock
+        self.devices: list[_Device] = []
+        self.center: asyncio.subprocess.Process | None = None
+        self.center_stats: Counter[str] = Counter()
+        self.tg: asyncio.TaskGroup | None = None
+
+    # -- building -------------------------------------------------------------------------
+
+    def provision(self, opts: DemoOptions, proxies: dict[int, LinkProxy]) -> None:
+        shift_end = SHIFT_START_MS + int(opts.minutes * 60_000)
+        for i in range(opts.devices):
+            dev = device_id(i)
+            files = provision_device(
+                self.workdir / "fleet",
+                dev,
+                self.workdir / "devices" / dev,
+                broker_host=self.broker.host,
+                broker_port=self.broker.port,
+                now_ms=SHIFT_START_MS,
+            )
+            cfg = load_config(files.config)
+            rng = random.Random(opts.seed * 1_000_003 + i)
+            line = self.plan.lines[i % len(self.plan.lines)]
+            walker = Walker(dev, self.plan, line, rng, SHIFT_START_MS + i * 1000, shift_end)
+            agent, uplink = self._boot(cfg, proxies.get(i))
+            self.devices.append(_Device(i, cfg, walker, agent, uplink, proxies.get(i)))
+
+    def _boot(self, cfg: AgentConfig, proxy: LinkProxy | None) -> tuple[DeviceAgent, Uplink]:
+        """What the daemon does at start: open the outbox, count a boot, make the agent."""
         outbox = Outbox(cfg.outbox_path, cfg.device)
         outbox.begin_boot()
-        uplink = Uplink(outbox, BrokerAddress(cfg.broker_host, cfg.broker_port))
-        agent = DeviceAgent(cfg.device, cfg.load_key(), plan, outbox, on_stored=uplink.on_stored)
-        rng = random.Random(opts.seed * 1_000_003 + i)
-        line = plan.lines[i % len(plan.lines)]
-        walker = Walker(dev, plan, line, rng, SHIFT_START_MS + i * 1000, shift_end)
-        devices.append(_Device(agent, uplink, walker))
-    return devices
+        address = (
+            BrokerAddress(cfg.broker_host, cfg.broker_port)
+            if proxy is None
+            else BrokerAddress(proxy.host, proxy.port)
+        )
+        core = SyncCore(
+            batch_size=32,
+            max_batch_size=MAX_BATCH,
+            ack_timeout_ms=ACK_TIMEOUT_MS,
+            first_batch_id=random.getrandbits(31),
+        )
+        uplink = Uplink(outbox, address, core=core, options=UPLINK)
+        agent = DeviceAgent(
+            cfg.device, cfg.load_key(), self.plan, outbox, on_stored=uplink.on_stored
+        )
+        return agent, uplink
+
+    def spawn(self, d: _Device) -> None:
+        assert self.tg is not None
+        d.task = self.tg.create_task(d.uplink.run(), name=f"uplink-{d.device}")
+
+    # -- running --------------------------------------------------------------------------
+
+    def store_health(self, d: _Device, t_ms: int) -> None:
+        fix = d.agent.last_fix
+        body = health_snapshot(
+            now_ms=t_ms,
+            outbox_depth=d.agent.outbox.depth(),
+            clock_source=TimeSource.GNSS if fix else TimeSource.NONE,
+            fix=fix,
+            now_mono_ms=t_ms,
+            started_mono_ms=d.started_ms,
+        )
+        source = fix.time_source if fix else TimeSource.NONE
+        stored = store_health(d.agent.outbox, d.agent.key, body, time_ms=t_ms, time_source=source)
+        d.uplink.on_stored(stored)
+
+    async def stop_uplinks(self) -> None:
+        for d in self.devices:
+            d.uplink.stop()
+        tasks = [d.task for d in self.devices if d.task is not None]
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=20)
+
+    def close(self) -> None:
+        for d in self.devices:
+            d.agent.outbox.close()
+            for box in d.abandoned:
+                box.close()
+
+    # -- faults (simulators.faults.FaultTarget) ---------------------------------------------
+
+    async def kill_broker(self) -> None:
+        self.broker.kill()
+
+    async def start_broker(self) -> None:
+        await asyncio.to_thread(self.broker.start)
+
+    async def kill_center(self) -> None:
+        if self.center is not None and self.center.returncode is None:
+            self.center.kill()  # SIGKILL: no goodbye, no stats
+            await self.center.wait()
+
+    async def start_center(self) -> None:
+        self.center = await _start_center(self.workdir, self.broker)
+
+    def kill_agent(self, device: int) -> bool:
+        d = self.devices[device]
+        if not d.alive:
+            return False
+        d.alive = False
+        if d.task is not None:
+            d.task.cancel()
+        d.created.update(d.agent.created)
+        stats = d.agent.parser.stats
+        d.nmea_errors += stats.bad_checksum + stats.malformed
+        d.abandoned.append(d.agent.outbox)  # never closed while the demo runs, as after kill -9
+        return True
+
+    def start_agent(self, device: int) -> None:
+        d = self.devices[device]
+        d.agent, d.uplink = self._boot(d.config, d.proxy)
+        d.started_ms = SHIFT_START_MS + self.clock.now_ms
+        d.alive = True
+        self.spawn(d)
+
+    def proxy(self, device: int) -> LinkProxy:
+        proxy = self.devices[device].proxy
+        assert proxy is not None, f"device {device} is not routed through a proxy"
+        return proxy
 
 
-def _summary_line(t_ms: int, devices: list[_Device], phase: str) -> str:
+def _summary_line(t_ms: int, fleet: _Fleet, phase: str) -> str:
     minute = (t_ms - SHIFT_START_MS) / 60_000
-    made = sum(d.agent.created[RecordType.CHECKIN] for d in devices)
-    queued = sum(d.agent.outbox.depth() for d in devices)
+    made = sum(d.checkins() for d in fleet.devices)
+    queued = sum(d.agent.outbox.depth() for d in fleet.devices if d.alive)
     return f"{phase}: minute {minute:5.1f} · check-ins {made} · queued on devices {queued}"
 
 
-async def _simulate(devices: list[_Device], progress: Progress) -> int:
+async def _simulate(fleet: _Fleet, progress: Progress) -> int:
     t = SHIFT_START_MS
+    health_every = HEALTH_INTERVAL_S * 1000
     while True:
-        active = [d for d in devices if not d.walker.done]
+        active = [d for d in fleet.devices if not d.walker.done]
         if not active:
             break
         for d in active:
-            data = d.walker.tick(t)
-            if data:
+            data = d.walker.tick(t)  # the walker walks on while its device is off
+            if data and d.alive:
                 d.agent.on_nmea(data)
+                if (t - d.started_ms) % health_every == health_every - 1000:
+                    fleet.store_health(d, t)
         t += 1000
+        fleet.clock.advance(t - SHIFT_START_MS)
         await asyncio.sleep(0)  # let the uplinks and acknowledgements run
-        progress.update(_summary_line(t, devices, "shift"))
-    for d in devices:
-        d.agent.finish()
+        progress.update(_summary_line(t, fleet, "shift"))
+    for d in fleet.devices:
+        if d.alive:
+            d.agent.finish()
+    fleet.clock.finish()
     return t
 
 
-async def _drain(devices: list[_Device], t: int, progress: Progress) -> bool:
+async def _drain(fleet: _Fleet, t: int, progress: Progress) -> bool:
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
-        if all(d.agent.outbox.depth() == 0 for d in devices):
+        if all(d.alive and d.agent.outbox.depth() == 0 for d in fleet.devices):
             return True
-        progress.update(_summary_line(t, devices, "draining"))
+        progress.update(_summary_line(t, fleet, "draining"))
         await asyncio.sleep(0.05)
     return False
+
+
+async def _start_proxies(
+    plan: FaultPlan, broker: Mosquitto, stack: contextlib.AsyncExitStack
+) -> dict[int, LinkProxy]:
+    proxies = {}
+    for i in sorted(plan.routed):
+        proxies[i] = await stack.enter_async_context(LinkProxy(broker.host, broker.port))
+    return proxies
 
 
 async def run_demo(opts: DemoOptions, progress: Progress) -> dict[str, object]:
@@ -173,28 +345,37 @@ async def run_demo(opts: DemoOptions, progress: Progress) -> dict[str, object]:
             if (workdir / "center.db").exists():
                 raise DemoError(f"{workdir} already holds a demo run (center.db); use a new folder")
         plan = generate_district(opts.seed)
+        faults = plan_faults(
+            opts.faults, devices=opts.devices, shift_ms=int(opts.minutes * 60_000), seed=opts.seed
+        )
         broker = Mosquitto(workdir / "broker")
         await asyncio.to_thread(broker.start)
         stack.callback(broker.stop)
-        devices = _make_devices(opts, workdir, plan, broker)
-        center = await _start_center(workdir, broker)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for d in devices:
-                    tg.create_task(d.uplink.run(), name=f"uplink-{d.agent.device}")
-                t_end = await _simulate(devices, progress)
-                drained = await _drain(devices, t_end, progress)
-                for d in devices:
-                    d.uplink.stop()
-            progress.done(_summary_line(t_end, devices, "done"))
-            created = {d.agent.device: d.agent.outbox.last_seq for d in devices}
-        finally:
-            center_stats = await _stop_center(center)
-            for d in devices:
-                d.agent.outbox.close()
+        fleet = _Fleet(workdir, plan, broker, VirtualClock())
+        async with contextlib.AsyncExitStack() as astack:
+            proxies = await _start_proxies(faults, broker, astack)
+            fleet.provision(opts, proxies)
+            await fleet.start_center()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    fleet.tg = tg
+                    for d in fleet.devices:
+                        fleet.spawn(d)
+                    injector = tg.create_task(run_faults(faults, fleet, fleet.clock), name="faults")
+                    t_end = await _simulate(fleet, progress)
+                    injected = await injector  # every fault restored, every agent back
+                    drained = await _drain(fleet, t_end, progress)
+                    await fleet.stop_uplinks()
+                progress.done(_summary_line(t_end, fleet, "done"))
+                created = {d.device: d.agent.outbox.last_seq for d in fleet.devices}
+            finally:
+                if fleet.center is not None:
+                    fleet.center_stats.update(await _stop_center(fleet.center))
+                fleet.close()
         found = audit(workdir / "center.db", registry_path(workdir / "fleet"))
         wall = time.monotonic() - wall0
         sim_s = (t_end - SHIFT_START_MS) / 1000
+        devices = fleet.devices
         return {
             "devices": opts.devices,
             "minutes": opts.minutes,
@@ -202,20 +383,19 @@ async def run_demo(opts: DemoOptions, progress: Progress) -> dict[str, object]:
             "points": len(plan.points),
             "lines": len(plan.lines),
             "checkins_expected": sum(len(d.walker.visits) for d in devices),
-            "checkins_recorded": sum(d.agent.created[RecordType.CHECKIN] for d in devices),
+            "checkins_recorded": sum(d.checkins() for d in devices),
             "records_created": sum(created.values()),
             "records_delivered": found.delivered,
             "records_verified": found.verified,
             "records_lost": found.lost(created),
             "records_duplicated": found.duplicated,
             "records_refused": found.refused,
-            "duplicates_suppressed": center_stats.get("duplicates", 0),
-            "nmea_errors": sum(
-                d.agent.parser.stats.bad_checksum + d.agent.parser.stats.malformed for d in devices
-            ),
+            "duplicates_suppressed": fleet.center_stats.get("duplicates", 0),
+            "nmea_errors": sum(d.parse_errors() for d in devices),
             "drained": drained,
             "simulated_seconds": sim_s,
             "wall_seconds": round(wall, 2),
             "speedup": round(sim_s / wall, 1) if wall > 0 else None,
             "workdir": str(workdir) if opts.workdir else None,
+            "faults_injected": dict(sorted(injected.items())),
         }

@@ -15,6 +15,7 @@ from agent.fix import TimeSource
 from agent.protocol import Batch, Refusal, records_topic
 from agent.records import ChainPosition, RecordType, build
 from center.audit import audit
+from center.export import CenterDbError
 from center.ingest import Ingest
 from center.service import KeyCache
 from center.store import CenterStore
@@ -344,3 +345,74 @@ def test_key_cache_path_fills_the_devices_table_from_the_registry(tmp_path: Path
     assert rows(db, "SELECT id, public_key, first_seen_ms FROM devices") == [
         ("h0001", KEYS["h0001"].public_key().public_bytes_raw(), 7)
     ]
+
+
+# --- chain state: a database from before it gets it when a current center opens it -------------
+
+
+def test_an_older_center_database_gets_chain_state_when_opened(tmp_path: Path) -> None:
+    from agent.records import Eviction, chain_hash, dropped_body
+    from center.status import read_status
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript(  # the tables of the center before chain state
+        "CREATE TABLE records (device TEXT NOT NULL, seq INTEGER NOT NULL, boot INTEGER NOT NULL,"
+        " type INTEGER NOT NULL, time_ms INTEGER NOT NULL, time_source INTEGER NOT NULL,"
+        " prev BLOB NOT NULL, hash BLOB NOT NULL, raw BLOB NOT NULL, received_ms INTEGER NOT NULL,"
+        " PRIMARY KEY (device, seq));"
+        "CREATE TABLE refused (id INTEGER PRIMARY KEY, device TEXT, seq INTEGER,"
+        " reason TEXT NOT NULL, detail TEXT NOT NULL, raw BLOB NOT NULL,"
+        " received_ms INTEGER NOT NULL);"
+    )
+    raws: list[bytes] = []
+    for seq in (1, 2, 3):
+        raws.append(
+            build(
+                KEYS["h0001"],
+                device="h0001",
+                chain=ChainPosition(1, seq, chain_hash(raws[-1]) if raws else b""),
+                rtype=RecordType.CHECKIN,
+                time_ms=1_772_323_200_000 + seq,
+                time_source=TimeSource.GNSS,
+                body={16: "P001"},
+            )
+        )
+    dropped = build(
+        KEYS["h0001"],
+        device="h0001",
+        chain=ChainPosition(1, 7, bytes(16)),
+        rtype=RecordType.DROPPED,
+        time_ms=1_772_323_200_007,
+        time_source=TimeSource.GNSS,
+        body=dropped_body(Eviction(3, 4, 6, 300, (RecordType.HEALTH,))),
+    )
+    for seq, raw, prev in (
+        (1, raws[0], b""),
+        (3, raws[2], chain_hash(raws[1])),
+        (7, dropped, bytes(16)),
+    ):
+        rtype = 8 if seq == 7 else 1
+        con.execute(
+            "INSERT INTO records VALUES (?, ?, 1, ?, 0, 1, ?, ?, ?, ?)",
+            ("h0001", seq, rtype, prev, chain_hash(raw), raw, 5000 + seq),
+        )
+    con.commit()
+    con.close()
+    with pytest.raises(CenterDbError, match="older center"):
+        read_status(db, 0)
+    CenterStore(db).close()  # a current center opens it once
+    [dev] = read_status(db, 10_000).devices
+    assert (dev.records, dev.last_seq, dev.last_seen_ms) == (3, 7, 5007)
+    assert [(g.first, g.last, g.kind.value) for g in dev.gaps] == [
+        (2, 2, "MISSING"),
+        (4, 6, "DROPPED"),
+    ]
+    assert dev.missing == 1 and dev.forks == 0
+    # and the center goes on from there: record 2 fills the gap and links both ways
+    ingest = Ingest(CenterStore(db), key_of)
+    ack = ingest.handle(records_topic("h0001"), Batch(1, (raws[1],)).encode(), 20_000)
+    assert ack is not None and ack.stored == (2,)
+    ingest.store.close()
+    [dev] = read_status(db, 20_000).devices
+    assert (dev.records, dev.missing, dev.forks) == (4, 0, 0)

@@ -107,7 +107,7 @@ async def test_outbox_keeps_records_until_the_center_acknowledges(
     try:
         for i in range(10):
             append_checkin(box, key, f"P{i:03d}")
-            uplink.on_stored(None)  # type: ignore[arg-type]
+            uplink.on_stored()
         await wait_for(lambda: uplink.stats.records_sent >= 10, 10, "publishes")
         await asyncio.sleep(1.0)
         assert box.depth() == 10, "records were deleted without the center's acknowledgement"
@@ -137,7 +137,7 @@ async def test_broker_killed_mid_sync_loses_nothing(tmp_path: Path, broker: Mosq
                 for d, box in boxes.items():
                     for i in range(50):
                         append_checkin(box, keys[d], f"R{round_}-{i}")
-                    uplinks[d].on_stored(None)  # type: ignore[arg-type]
+                    uplinks[d].on_stored()
                 await asyncio.sleep(0.05)
                 broker.kill()  # kill -9 while batches and acknowledgements are in flight
                 await asyncio.sleep(0.5)

@@ -1,0 +1,330 @@
+"""What `picket center status` says: per device online or not, last seen, chain, outbox.
+
+Reading is cheap by construction: the stores keep each device's chain state (records, last
+sequence number, gaps), its newest state message and its last reported outbox depth in a
+row of their own, moved on with every batch (center/store.py), so a status is one read of
+a few small tables, never a walk over the records. `snapshot_of` turns those rows (the
+same in SQLite and PostgreSQL) into values; `build_status` decides, for a given `now`,
+what each device is; `render` and `as_json` present it. All of it is pure except
+`read_status`, which opens the database read-only (it may run beside live centers).
+
+Online: the device's retained state message (`online`, or `offline`: its last will, sent
+by the broker when the link drops), when it has sent one; otherwise whether the center
+heard from it within the online window. Gaps are the device's missing sequence numbers
+below its newest; SKIPPED and DROPPED ones are listed but not counted as missing
+(center/chain.py says why).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from center.chain import ChainState, Gap, GapKind, merge
+
+DEFAULT_ONLINE_WINDOW_MS = 10 * 60_000
+
+
+class Presence(enum.Enum):
+    """A device's retained state message (picket/v1/{device}/up/state)."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device as the store holds it: chain state, presence, health."""
+
+    device: str
+    chain: ChainState
+    forks: int = 0
+    last_received_ms: int | None = None
+    depth: int | None = None
+    depth_time_ms: int | None = None
+    presence: Presence | None = None
+    presence_ms: int | None = None
+    dropped: tuple[tuple[int, int], ...] = ()  # merged (first, last) ranges evicted
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    devices: tuple[DeviceRow, ...]
+    refused: Mapping[str, int] = field(default_factory=dict)
+
+
+Row = Sequence[object]
+
+
+def snapshot_of(
+    *,
+    chains: Sequence[Row],
+    gaps: Sequence[Row],
+    forks: Sequence[Row],
+    dropped: Sequence[Row],
+    presence: Sequence[Row],
+    refused: Sequence[Row],
+) -> Snapshot:
+    """The rows of the status queries (the same in every store) as a `Snapshot`."""
+    gap_map: dict[str, list[Gap]] = {}
+    for device, first, last, below, above in gaps:
+        gap_map.setdefault(str(device), []).append(
+            Gap(_int(first), _int(last), None if below is None else _bytes(below), _bytes(above))
+        )
+    drop_map: dict[str, list[tuple[int, int]]] = {}
+    for device, first, last in dropped:
+        drop_map.setdefault(str(device), []).append((_int(first), _int(last)))
+    fork_map = {str(d): _int(n) for d, n in forks}
+    seen = {str(d): (Presence(str(s)), _int(ms)) for d, s, ms in presence}
+    rows: dict[str, DeviceRow] = {}
+    for device, records, last_seq, last_boot, last_hash, received, depth, depth_ms in chains:
+        name = str(device)
+        p = seen.get(name)
+        rows[name] = DeviceRow(
+            device=name,
+            chain=ChainState(
+                _int(records),
+                _int(last_seq),
+                _int(last_boot),
+                _bytes(last_hash),
+                tuple(gap_map.get(name, ())),
+            ),
+            forks=fork_map.get(name, 0),
+            last_received_ms=None if received is None else _int(received),
+            depth=None if depth is None else _int(depth),
+            depth_time_ms=None if depth_ms is None else _int(depth_ms),
+            presence=None if p is None else p[0],
+            presence_ms=None if p is None else p[1],
+            dropped=merge(drop_map.get(name, ())),
+        )
+    for name, (pres, ms) in seen.items():
+        if name not in rows:
+            rows[name] = DeviceRow(name, ChainState(), presence=pres, presence_ms=ms)
+    return Snapshot(tuple(rows[n] for n in sorted(rows)), {str(r): _int(n) for r, n in refused})
+
+
+def _int(v: object) -> int:
+    assert isinstance(v, int)
+    return v
+
+
+def _bytes(v: object) -> bytes:
+    assert isinstance(v, bytes | bytearray | memoryview)
+    return bytes(v)
+
+
+# --- the status ---------------------------------------------------------------------------------
+
+
+class OnlineFrom(enum.Enum):
+    STATE = "state"  # the device's retained state message
+    LAST_SEEN = "last_seen"  # no state message: heard from within the window, or not
+
+
+@dataclass(frozen=True, slots=True)
+class GapStatus:
+    first: int
+    last: int
+    kind: GapKind
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    device: str
+    online: bool
+    online_from: OnlineFrom
+    last_seen_ms: int | None
+    records: int
+    last_seq: int
+    last_boot: int
+    gaps: tuple[GapStatus, ...]
+    missing: int  # sequence numbers in MISSING gaps
+    forks: int
+    depth: int | None  # outbox depth in the newest HEALTH record
+    depth_time_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    now_ms: int
+    devices: tuple[DeviceStatus, ...]
+    refused: Mapping[str, int]
+
+    @property
+    def totals(self) -> dict[str, int]:
+        d = self.devices
+        return {
+            "devices": len(d),
+            "online": sum(x.online for x in d),
+            "records": sum(x.records for x in d),
+            "missing": sum(x.missing for x in d),
+            "gaps": sum(1 for x in d for g in x.gaps if g.kind is GapKind.MISSING),
+            "forks": sum(x.forks for x in d),
+            "outbox_depth": sum(x.depth or 0 for x in d),
+            "refused": sum(self.refused.values()),
+        }
+
+
+def build_status(
+    snap: Snapshot, now_ms: int, online_window_ms: int = DEFAULT_ONLINE_WINDOW_MS
+) -> Status:
+    out = []
+    for row in snap.devices:
+        seen = [t for t in (row.last_received_ms, row.presence_ms) if t is not None]
+        last_seen = max(seen) if seen else None
+        if row.presence is not None:
+            online, source = row.presence is Presence.ONLINE, OnlineFrom.STATE
+        else:
+            recent = last_seen is not None and now_ms - last_seen <= online_window_ms
+            online, source = recent, OnlineFrom.LAST_SEEN
+        gaps = tuple(GapStatus(g.first, g.last, g.kind(row.dropped)) for g in row.chain.gaps)
+        out.append(
+            DeviceStatus(
+                device=row.device,
+                online=online,
+                online_from=source,
+                last_seen_ms=last_seen,
+                records=row.chain.records,
+                last_seq=row.chain.last_seq,
+                last_boot=row.chain.last_boot,
+                gaps=gaps,
+                missing=sum(g.last - g.first + 1 for g in gaps if g.kind is GapKind.MISSING),
+                forks=row.forks,
+                depth=row.depth,
+                depth_time_ms=row.depth_time_ms,
+            )
+        )
+    return Status(now_ms, tuple(out), dict(snap.refused))
+
+
+def read_status(
+    db: str | Path, now_ms: int, online_window_ms: int = DEFAULT_ONLINE_WINDOW_MS
+) -> Status:
+    """Open the database read-only and read one consistent snapshot.
+
+    Raises CenterDbError when it is missing, not a center's, or cannot be read.
+    """
+    from center.store import open_store  # store imports this module's values
+
+    store = open_store(db, readonly=True)
+    try:
+        return build_status(store.snapshot(), now_ms, online_window_ms)
+    finally:
+        store.close()
+
+
+# --- presenting -----------------------------------------------------------------------------------
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    t = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def as_json(status: Status) -> dict[str, object]:
+    return {
+        "now": _iso(status.now_ms),
+        "devices": [
+            {
+                "device": d.device,
+                "online": d.online,
+                "online_from": d.online_from.value,
+                "last_seen": _iso(d.last_seen_ms),
+                "last_seen_ms": d.last_seen_ms,
+                "records": d.records,
+                "last_seq": d.last_seq,
+                "last_boot": d.last_boot,
+                "missing": d.missing,
+                "gaps": [{"first": g.first, "last": g.last, "kind": g.kind.value} for g in d.gaps],
+                "forks": d.forks,
+                "outbox_depth": d.depth,
+                "outbox_depth_at": _iso(d.depth_time_ms),
+            }
+            for d in status.devices
+        ],
+        "totals": status.totals,
+        "refused": dict(sorted(status.refused.items())),
+    }
+
+
+def _ago(now_ms: int, ms: int | None) -> str:
+    if ms is None:
+        return "never"
+    s = max(0, now_ms - ms) // 1000
+    if s < 120:
+        return f"{s} s ago"
+    if s < 7200:
+        return f"{s // 60} min ago"
+    if s < 172_800:
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} d ago"
+
+
+def _ranges(gaps: Sequence[GapStatus], limit: int = 3) -> str:
+    shown = [
+        f"{g.first}" if g.first == g.last else f"{g.first}-{g.last}"
+        for g in gaps
+        if g.kind is GapKind.MISSING
+    ]
+    more = len(shown) - limit
+    return ", ".join(shown[:limit]) + (f" +{more} more" if more > 0 else "")
+
+
+def _n(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def render(status: Status) -> str:
+    """A table for people, one device a line, then the totals."""
+    head = ("DEVICE", "STATE", "LAST SEEN", "RECORDS", "LAST SEQ", "MISSING", "FORKS", "OUTBOX")
+    lines: list[tuple[str, ...]] = [head]
+    for d in status.devices:
+        state = ("online" if d.online else "offline") + (
+            "" if d.online_from is OnlineFrom.STATE else "?"
+        )
+        missing = str(d.missing) + (f" ({_ranges(d.gaps)})" if d.missing else "")
+        lines.append(
+            (
+                d.device,
+                state,
+                _ago(status.now_ms, d.last_seen_ms),
+                str(d.records),
+                str(d.last_seq),
+                missing,
+                str(d.forks),
+                "-" if d.depth is None else str(d.depth),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    right = {3, 4, 6, 7}
+    text = [
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(line)
+        ).rstrip()
+        for line in lines
+    ]
+    t = status.totals
+    refused = ", ".join(f"{n} {r}" for r, n in sorted(status.refused.items())) or "none"
+    text.append("")
+    text.append(
+        f"{_n(t['devices'], 'device')}, {t['online']} online; {_n(t['records'], 'record')}, "
+        f"{t['missing']} missing in {_n(t['gaps'], 'gap')}, {_n(t['forks'], 'fork')}; "
+        f"{t['outbox_depth']} in outboxes (last reported); refused: {refused}"
+    )
+    explained = [
+        (d.device, g) for d in status.devices for g in d.gaps if g.kind is not GapKind.MISSING
+    ]
+    if explained:
+        text.append(
+            "not missing: "
+            + "; ".join(f"{dev} {g.first}-{g.last} {g.kind.value.lower()}" for dev, g in explained)
+        )
+    if any(d.online_from is OnlineFrom.LAST_SEEN for d in status.devices):
+        text.append("?: no state message from the device; online means heard from recently")
+    return "\n".join(text) + "\n"
