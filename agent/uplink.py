@@ -41,6 +41,7 @@ from agent.outbox import Outbox, Stored
 from agent.protocol import (
     MAX_BATCH,
     PREFIX,
+    Batch,
     ack_topic,
     command_topic,
     decode_ack,
@@ -111,7 +112,7 @@ class UplinkTls:
 class UplinkOptions:
     keepalive_s: int = 30  # MQTT keepalive; a half-open link is noticed within ~1.4 of it
     tls: UplinkTls | None = None
-    connect_timeout_s: float = 10.0  # CONNACK, SUBACK, and the clean DISCONNECT
+    connect_timeout_s: float = 10.0  # CONNACK, SUBACK, clean DISCONNECT; see docs/protocol.md
     publish_timeout_s: float = 10.0  # a batch's PUBACK
     backoff_initial_s: float = 0.25  # doubled per failed attempt, times 0.5-1.5 of jitter
     backoff_max_s: float = 30.0
@@ -198,19 +199,16 @@ class Uplink:
             finally:
                 self.connected.clear()
                 self.core.link_down()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
             if self._stopping.is_set():
                 break
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             failures = 1 if self.stats.connects > connects else failures + 1
             opts = self.options
             delay = min(opts.backoff_max_s, opts.backoff_initial_s * 2 ** min(failures, 16))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._stopping.wait(), timeout=delay * (0.5 + self._rng.random())
-                )
-            if task is not None and task.cancelling():  # 3.11's wait_for can drop it too
-                raise asyncio.CancelledError
+                async with asyncio.timeout(delay * (0.5 + self._rng.random())):
+                    await self._stopping.wait()
 
     def _lost(self, exc: BaseException, level: int) -> None:
         self.stats.link_losses += 1
@@ -220,7 +218,7 @@ class Uplink:
     async def _session(self) -> None:
         opts = self.options
         state = state_topic(self.device)
-        async with aiomqtt.Client(
+        client = aiomqtt.Client(
             self.broker.host,
             self.broker.port,
             identifier=f"picket-{self.device}",
@@ -230,22 +228,28 @@ class Uplink:
             will=aiomqtt.Will(state, OFFLINE, qos=1, retain=True),
             tls_context=self._tls,
             max_inflight_messages=self.core.window + 2,  # batches, the state and a probe
-        ) as client:
-            await client.subscribe(ack_topic(self.device), qos=1)
-            if self.on_command is not None:
-                await client.subscribe(command_topic(self.device), qos=1)
-            await client.publish(state, ONLINE, qos=1, retain=True, timeout=opts.publish_timeout_s)
-            self._heard_ms = self._now()
-            self.stats.connects += 1
-            self.connected.set()
-            async with asyncio.TaskGroup() as tg:
-                receiver = tg.create_task(self._receive(client), name=f"{self.device}-receive")
-                watchdog = tg.create_task(self._watch(client), name=f"{self.device}-watchdog")
-                await self._send(client)
-                receiver.cancel()
-                watchdog.cancel()
-            with contextlib.suppress(aiomqtt.MqttError):  # stopping: say so, then DISCONNECT
-                await client.publish(state, OFFLINE, qos=1, retain=True, timeout=2.0)
+        )
+        try:
+            async with client:
+                await client.subscribe(ack_topic(self.device), qos=1)
+                if self.on_command is not None:
+                    await client.subscribe(command_topic(self.device), qos=1)
+                await client.publish(
+                    state, ONLINE, qos=1, retain=True, timeout=opts.publish_timeout_s
+                )
+                self._heard_ms = self._now()
+                self.stats.connects += 1
+                self.connected.set()
+                async with asyncio.TaskGroup() as tg:
+                    receiver = tg.create_task(self._receive(client), name=f"{self.device}-receive")
+                    watchdog = tg.create_task(self._watch(client), name=f"{self.device}-watchdog")
+                    await self._send(client)
+                    receiver.cancel()
+                    watchdog.cancel()
+                with contextlib.suppress(aiomqtt.MqttError):  # stopping: say so, then DISCONNECT
+                    await client.publish(state, OFFLINE, qos=1, retain=True, timeout=2.0)
+        finally:
+            _settle(client)
 
     async def _send(self, client: aiomqtt.Client) -> None:
         topic = records_topic(self.device)
@@ -258,19 +262,37 @@ class Uplink:
                 pending = self.outbox.pending(slots * self.core.batch_size, skip=self.core.skip)
                 batches = self.core.plan(pending, now)
                 if batches:
-                    async with asyncio.TaskGroup() as tg:  # one failure cancels the rest
-                        for b in batches:
-                            tg.create_task(
-                                client.publish(
-                                    topic, b.encode(), qos=1, timeout=self.options.publish_timeout_s
-                                ),
-                                name=f"{self.device}-batch-{b.id}",
-                            )
+                    await self._publish(client, topic, batches)
                     self._heard_ms = self._now()  # PUBACKs came back
                     self.stats.batches_sent += len(batches)
                     self.stats.records_sent += sum(len(b.records) for b in batches)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.options.poll_s)
+                async with asyncio.timeout(self.options.poll_s):  # not wait_for: in 3.11 it
+                    await self.wake.wait()  # can swallow a cancellation that meets a wake-up
+
+    async def _publish(self, client: aiomqtt.Client, topic: str, batches: list[Batch]) -> None:
+        """Publish concurrently and wait for every PUBACK; the first failure is raised.
+
+        Not a TaskGroup: in Python 3.11 a TaskGroup whose child fails while it is already
+        waiting for its children cancels the parent task and never takes that back, and
+        `run` must be able to tell a real cancellation (a kill) from that.
+        """
+        timeout = self.options.publish_timeout_s
+        sends = [
+            asyncio.create_task(
+                client.publish(topic, b.encode(), qos=1, timeout=timeout),
+                name=f"{self.device}-batch-{b.id}",
+            )
+            for b in batches
+        ]
+        try:
+            results = await asyncio.gather(*sends, return_exceptions=True)
+        finally:
+            for send in sends:
+                send.cancel()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Probe a link the broker has been silent on; a missing PUBACK ends the session."""
@@ -315,3 +337,19 @@ class Uplink:
                 self.outbox.refuse(seq, reason.name)
             self.stats.records_refused += len(settled.refused)
             self.wake.set()
+
+
+def _settle(client: aiomqtt.Client) -> None:
+    """Take the reason a connection ended, which the uplink has already dealt with.
+
+    aiomqtt 2.5 leaves it unretrieved when another task failed first, when the link dropped
+    before the CONNACK, or when a connect was cancelled half-way (it completes later, in
+    paho's thread), and asyncio then logs "Future exception was never retrieved" at ERROR.
+    (aiomqtt's PR #375, after 2.5, raises it from `__aexit__` instead.)
+    """
+    client._disconnected.add_done_callback(_take_reason)  # private: 2.5 has no public way
+
+
+def _take_reason(ended: asyncio.Future[None]) -> None:
+    if not ended.cancelled():
+        ended.exception()

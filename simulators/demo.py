@@ -113,21 +113,22 @@ def device_id(i: int) -> str:
 
 
 async def _start_center(workdir: Path, broker: Mosquitto) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "picket",
-        "center",
-        "run",
-        "--db",
-        str(workdir / "center.db"),
-        "--registry",
-        str(registry_path(workdir / "fleet")),
-        "--broker",
-        f"{broker.host}:{broker.port}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=(workdir / "center.log").open("ab"),
-    )
+    with (workdir / "center.log").open("ab") as log:  # the process keeps its own copy
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "picket",
+            "center",
+            "run",
+            "--db",
+            str(workdir / "center.db"),
+            "--registry",
+            str(registry_path(workdir / "fleet")),
+            "--broker",
+            f"{broker.host}:{broker.port}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+        )
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
@@ -216,15 +217,15 @@ class _Fleet:
 
     def store_health(self, d: _Device, t_ms: int) -> None:
         fix = d.agent.last_fix
+        source = fix.time_source if fix else TimeSource.NONE
         body = health_snapshot(
             now_ms=t_ms,
             outbox_depth=d.agent.outbox.depth(),
-            clock_source=TimeSource.GNSS if fix else TimeSource.NONE,
+            clock_source=source,
             fix=fix,
             now_mono_ms=t_ms,
             started_mono_ms=d.started_ms,
         )
-        source = fix.time_source if fix else TimeSource.NONE
         stored = store_health(d.agent.outbox, d.agent.key, body, time_ms=t_ms, time_source=source)
         d.uplink.on_stored(stored)
 

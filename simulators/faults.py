@@ -20,6 +20,7 @@ import enum
 import heapq
 import itertools
 import random
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class FaultKind(enum.StrEnum):
 
 
 ROUTED = frozenset({FaultKind.LINK_FLAP, FaultKind.HALF_OPEN})  # need the device behind a proxy
+HALF_OPEN_WAIT_S = 10.0  # a device not connected when half-open strikes: wait for it this long
 
 
 class FaultError(ValueError):
@@ -200,6 +202,17 @@ async def run_faults(plan: FaultPlan, target: FaultTarget, clock: VirtualClock) 
             proxy.refuse(False)
             await clock.hold(f.sim_ms - f.sim_ms // 4, f.wall_s)
 
+    async def go_silent(f: Fault, device: int) -> None:
+        """Silence the device's connection; if it has none just now, the next one it makes
+        (within HALF_OPEN_WAIT_S)."""
+        proxy = target.proxy(device)
+        deadline = time.monotonic() + HALF_OPEN_WAIT_S
+        while not (silenced := proxy.silence()):
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.1)
+        done[f.kind.value] += silenced
+
     async def one(f: Fault) -> None:
         await clock.until(f.at_ms)
         if f.kind in (FaultKind.BROKER_KILL, FaultKind.BROKER_OUTAGE):
@@ -215,7 +228,9 @@ async def run_faults(plan: FaultPlan, target: FaultTarget, clock: VirtualClock) 
                 await asyncio.sleep(f.wall_s)
                 await target.start_center()
         elif f.kind is FaultKind.HALF_OPEN:
-            done[f.kind.value] += sum(target.proxy(d).silence() for d in f.devices)
+            async with asyncio.TaskGroup() as tg:
+                for d in f.devices:
+                    tg.create_task(go_silent(f, d), name=f"{f.kind.value}-{d}")
         else:
             async with asyncio.TaskGroup() as tg:
                 for d in f.devices:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peers import running_center, wait_for
 
 from agent.fix import TimeSource
+from agent.health import health_snapshot, store_health
 from agent.outbox import Built, Outbox
 from agent.protocol import Batch, Refusal, ack_topic, decode_ack, records_topic
 from agent.records import ChainPosition, RecordType, build
@@ -155,3 +156,32 @@ async def test_broker_killed_mid_sync_loses_nothing(tmp_path: Path, broker: Mosq
     assert all(u.stats.connects >= 2 for u in uplinks.values())
     for b in boxes.values():
         b.close()
+
+
+async def test_health_records_are_stored_evictable_and_accepted_by_the_center(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    registry = register(tmp_path, {"h0001": key})
+    box = Outbox(tmp_path / "o.db", "h0001")
+    now = 1_772_323_200_000
+    for i in range(3):
+        body = health_snapshot(
+            now_ms=now + i, outbox_depth=box.depth(), clock_source=TimeSource.GNSS
+        )
+        stored = store_health(box, key, body, time_ms=now + i, time_source=TimeSource.GNSS)
+        assert stored.type is RecordType.HEALTH
+    append_checkin(box, key, "P001")
+    # evictable: served after the newer check-in, as the outbox serves evictable records last
+    assert [s.type for s in box.pending(10)] == [RecordType.CHECKIN] + [RecordType.HEALTH] * 3
+    uplink = Uplink(box, BrokerAddress(broker.host, broker.port))
+    async with running_center(tmp_path, registry, broker):
+        task = asyncio.create_task(uplink.run(), name="uplink")
+        try:
+            await wait_for(lambda: box.depth() == 0, 10, "the outbox to drain")
+        finally:
+            uplink.stop()
+            await asyncio.wait_for(task, timeout=10)
+    found = audit(tmp_path / "center.db", registry)
+    assert (found.delivered, found.verified, found.refused) == (4, 4, 0)
+    box.close()

@@ -1,4 +1,5 @@
-"""The uplink's pure state machine: what to send, what is settled, what to send again."""
+"""The uplink's pure state machine: what to send, what is settled, what to send again; and
+the pure health snapshot the uplink carries besides check-ins."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from agent.fix import Fix, Quality, TimeSource
+from agent.health import HealthTimer, health_snapshot
 from agent.outbox import Stored
 from agent.protocol import Ack, Batch, Refusal
-from agent.records import RecordType
+from agent.records import HealthKey, RecordType, validate_body
 from agent.sync import SyncCore
 
 T = 1_000_000
@@ -292,6 +295,54 @@ def test_fresh_records_stay_until_settled_and_are_bounded() -> None:
     core.on_ack(Ack(999, (14,), ()), T + 3)
     assert core.skip == frozenset()
     assert core.idle
+
+
+# --------------------------------------------------------------------------- health telemetry
+
+
+def test_health_snapshot_reports_what_the_device_knows_and_leaves_out_the_rest() -> None:
+    now = 1_772_330_000_000
+    fix = Fix(now - 2_000, 29.5, 106.5, quality=Quality.DGPS, satellites=11)
+    body = health_snapshot(
+        now_ms=now,
+        outbox_depth=42,
+        oldest_unsent_ms=now - 95_500,
+        clock_source=TimeSource.GNSS,
+        fix=fix,
+        battery_pct=130,
+        rssi_dbm=-97,
+        now_mono_ms=5_000_000,
+        started_mono_ms=1_400_000,
+    )
+    assert body == {
+        HealthKey.DEPTH: 42,
+        HealthKey.OLDEST_UNSENT_S: 95,
+        HealthKey.CLOCK_SOURCE: int(TimeSource.GNSS),
+        HealthKey.FIX_QUALITY: int(Quality.DGPS),
+        HealthKey.SATELLITES: 11,
+        HealthKey.BATTERY_PCT: 100,
+        HealthKey.RSSI_DBM: -97,
+        HealthKey.UPTIME_S: 3_600,
+    }
+    validate_body(RecordType.HEALTH, body)
+    bare = health_snapshot(now_ms=now, outbox_depth=0)
+    assert bare == {HealthKey.DEPTH: 0, HealthKey.FIX_QUALITY: int(Quality.INVALID)}
+    stale = health_snapshot(now_ms=now, outbox_depth=1, fix=Fix(now - 60_000, 29.5, 106.5))
+    assert stale[HealthKey.FIX_QUALITY] == int(Quality.INVALID)
+    assert HealthKey.SATELLITES not in stale
+
+
+def test_health_timer_is_due_at_once_then_every_interval() -> None:
+    timer = HealthTimer(60_000)
+    assert [timer.due(t) for t in (0, 1, 59_999, 60_000, 60_001, 130_000, 180_000)] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
 
 
 # --------------------------------------------------------------------------- state machine
