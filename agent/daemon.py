@@ -22,11 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.cmdexec import CommandExecutor
 from agent.commands import CommandVerifier
 from agent.config import AgentConfig
 from agent.device import DeviceAgent
 from agent.gnss.sources import GnssSource, SourceStatus, parse_source_url
+from agent.health import health_snapshot, store_health
 from agent.outbox import Outbox
 from agent.plan import Plan
 from agent.planfile import load_plan
@@ -35,6 +38,7 @@ from agent.uplink import BrokerAddress, Uplink
 
 log = logging.getLogger(__name__)
 PERSIST_S = 30.0
+HEALTH_INTERVAL_S = 300.0  # default report interval; a config change command may set it
 TICK_S = 5.0
 
 
@@ -82,10 +86,14 @@ class AgentRun:
                 reader = tg.create_task(self._read(source, keeper, agent), name="gnss")
                 clock = tg.create_task(self._persist(keeper, outbox), name="time")
                 ticker = tg.create_task(self._tick(keeper, agent, cfg, executor), name="tick")
+                health = tg.create_task(
+                    self._health(keeper, agent, key, uplink, executor), name="health"
+                )
                 await self.stop_event.wait()
                 reader.cancel()
                 clock.cancel()
                 ticker.cancel()
+                health.cancel()
                 agent.finish(keeper.now(self.mono_ms()).time_ms)
                 self._write_time(keeper, outbox)
                 uplink.stop()
@@ -125,6 +133,37 @@ class AgentRun:
                     log.info("%s: agenda for %s: %d points", cfg.device, today, len(agenda))
                 agent.tick(now)
             await asyncio.sleep(TICK_S)
+
+    async def _health(
+        self,
+        keeper: TimeKeeper,
+        agent: DeviceAgent,
+        key: Ed25519PrivateKey,
+        uplink: Uplink,
+        executor: CommandExecutor | None,
+    ) -> None:
+        """A HEALTH record every report interval (config change `report_interval_s`)."""
+        started = self.mono_ms()
+        while True:
+            interval = HEALTH_INTERVAL_S
+            if executor is not None and executor.settings.report_interval_s is not None:
+                interval = executor.settings.report_interval_s
+            now = keeper.now(self.mono_ms())
+            if now.time_ms is not None:
+                body = health_snapshot(
+                    now_ms=now.time_ms,
+                    outbox_depth=agent.outbox.depth(),
+                    clock_source=now.source,
+                    fix=agent.last_fix,
+                    now_mono_ms=self.mono_ms(),
+                    started_mono_ms=started,
+                )
+                uplink.on_stored(
+                    store_health(
+                        agent.outbox, key, body, time_ms=now.time_ms, time_source=now.source
+                    )
+                )
+            await asyncio.sleep(interval)
 
     async def _persist(self, keeper: TimeKeeper, outbox: Outbox) -> None:
         while True:

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import TextIO
 
+from picket.argtypes import positive_int
 from picket.progress import Progress
 from simulators.errors import Condition
 from simulators.truth import (
@@ -30,16 +31,6 @@ from simulators.truth import (
 DEFAULT_CASES = 500  # per behaviour and condition: 1,000 visits per condition, ~70 s here
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="measure the agent against simulated ground truth")
     cmds = bench.add_subparsers(dest="bench_command", required=True, metavar="COMMAND")
@@ -53,7 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ck.add_argument("--seed", type=int, default=1, help="seed of every case (1)")
     ck.add_argument(
         "--cases",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CASES,
         help=f"cases per behaviour and condition; visits get twice as many ({DEFAULT_CASES})",
     )

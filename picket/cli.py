@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from picket import benchcmd, centercmd, centerstatus, checkincmd, commandcmd, gps, plancmd
+from picket.argtypes import positive_int
 
 if TYPE_CHECKING:
     from simulators.faults import FaultKind
@@ -27,16 +28,6 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 class BadInput(Exception):
     """Raised for input we refuse; main() turns it into exit code 2."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -71,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run a simulated shift end to end and report")
-    demo.add_argument("--devices", type=_positive_int, default=20, help="simulated handsets (20)")
+    demo.add_argument("--devices", type=positive_int, default=20, help="simulated handsets (20)")
     demo.add_argument("--minutes", type=_positive_float, default=60.0, help="shift length (60)")
     demo.add_argument("--seed", type=int, default=7, help="seed of district and walkers (7)")
     demo.add_argument("--workdir", type=Path, help="keep device state and center.db here")

@@ -53,10 +53,11 @@ def walk(path: Path, start_ms: int, minutes: int, seed: int) -> int:
 
 
 def center_rows(db: Path) -> list[tuple[int, int, int, int]]:
+    """The check-ins at the center (health records may come and go with timing)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return con.execute(
-            "SELECT seq, boot, time_ms, time_source FROM records ORDER BY seq"
+            "SELECT seq, boot, time_ms, time_source FROM records WHERE type = 1 ORDER BY seq"
         ).fetchall()
     except sqlite3.OperationalError:
         return []
@@ -117,7 +118,8 @@ async def test_agent_checks_in_from_a_receiver_and_time_never_goes_back(
         files.config.write_text(files.config.read_text().replace(str(march_log), str(january_log)))
         await run_agent(files.config, visits + more, db)
     rows = center_rows(db)
-    assert [seq for seq, *_ in rows] == list(range(1, visits + more + 1))
+    seqs = [seq for seq, *_ in rows]
+    assert len(seqs) == visits + more and len(set(seqs)) == len(seqs)
     second = [r for r in rows if r[1] == 2]
     assert len(second) == more
     assert all(src == TimeSource.PERSISTED for *_, src in second)
