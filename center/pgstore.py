@@ -34,6 +34,7 @@ from center.store import (
     dropped_ranges,
     gap_changes,
     plan_device,
+    record_rows,
 )
 
 CONNECT_TIMEOUT_S = 10
@@ -323,21 +324,7 @@ class PgStore:
                 cur.executemany(
                     "INSERT INTO records VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (device, seq) DO NOTHING",
-                    [
-                        (
-                            device,
-                            r.header.seq,
-                            r.header.boot,
-                            int(r.header.type),
-                            r.header.time_ms,
-                            int(r.header.time_source),
-                            r.header.prev,
-                            link.hash,
-                            r.raw,
-                            now_ms,
-                        )
-                        for r, link in plan.new
-                    ],
+                    record_rows(device, plan, now_ms),
                 )
         self._write_chain(
             conn,

@@ -215,6 +215,25 @@ class DeviceWrite:
     dropped: tuple[tuple[int, int, int], ...]  # (seq, first, last) of new DROPPED records
 
 
+def record_rows(device: str, plan: DeviceWrite, now_ms: int) -> list[tuple[object, ...]]:
+    """The `records` table rows of a device's new records, in column order (both stores)."""
+    return [
+        (
+            device,
+            r.header.seq,
+            r.header.boot,
+            int(r.header.type),
+            r.header.time_ms,
+            int(r.header.time_source),
+            r.header.prev,
+            link.hash,
+            r.raw,
+            now_ms,
+        )
+        for r, link in plan.new
+    ]
+
+
 def plan_device(
     state: ChainState, records: Sequence[Record], links: Sequence[Link], stored: Mapping[int, bytes]
 ) -> DeviceWrite:
@@ -457,21 +476,7 @@ class CenterStore:
         db.executemany(
             "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device, seq) DO NOTHING",
-            [
-                (
-                    device,
-                    r.header.seq,
-                    r.header.boot,
-                    int(r.header.type),
-                    r.header.time_ms,
-                    int(r.header.time_source),
-                    r.header.prev,
-                    link.hash,
-                    r.raw,
-                    now_ms,
-                )
-                for r, link in plan.new
-            ],
+            record_rows(device, plan, now_ms),
         )
         self._write_chain(
             device, plan.placement.state, old_gaps=state.gaps, received_ms=now_ms, depth=plan.depth
