@@ -31,6 +31,7 @@ from center.store import (
     Saved,
     StoreError,
     by_device,
+    chain_row,
     dropped_ranges,
     gap_changes,
     plan_device,
@@ -252,17 +253,7 @@ class PgStore:
             "THEN excluded.depth ELSE c.depth END, "
             "depth_time_ms = CASE WHEN excluded.depth_time_ms >= coalesce(c.depth_time_ms, -1) "
             "THEN excluded.depth_time_ms ELSE c.depth_time_ms END",
-            (
-                device,
-                state.records,
-                state.last_seq,
-                state.last_boot,
-                state.last_hash,
-                len(state.gaps),
-                received_ms,
-                None if depth is None else depth[0],
-                None if depth is None else depth[1],
-            ),
+            chain_row(device, state, received_ms, depth),
         )
         gone, added = gap_changes(old_gaps, state.gaps)
         with conn.cursor() as cur:

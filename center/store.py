@@ -215,6 +215,23 @@ class DeviceWrite:
     dropped: tuple[tuple[int, int, int], ...]  # (seq, first, last) of new DROPPED records
 
 
+def chain_row(
+    device: str, state: ChainState, received_ms: int | None, depth: tuple[int, int] | None
+) -> tuple[object, ...]:
+    """The `chains` table row of a device, in column order (both stores)."""
+    return (
+        device,
+        state.records,
+        state.last_seq,
+        state.last_boot,
+        state.last_hash,
+        len(state.gaps),
+        received_ms,
+        None if depth is None else depth[0],
+        None if depth is None else depth[1],
+    )
+
+
 def record_rows(device: str, plan: DeviceWrite, now_ms: int) -> list[tuple[object, ...]]:
     """The `records` table rows of a device's new records, in column order (both stores)."""
     return [
@@ -434,17 +451,7 @@ class CenterStore:
             "THEN excluded.depth ELSE depth END, "
             "depth_time_ms = CASE WHEN excluded.depth_time_ms >= coalesce(depth_time_ms, -1) "
             "THEN excluded.depth_time_ms ELSE depth_time_ms END",
-            (
-                device,
-                state.records,
-                state.last_seq,
-                state.last_boot,
-                state.last_hash,
-                len(state.gaps),
-                received_ms,
-                None if depth is None else depth[0],
-                None if depth is None else depth[1],
-            ),
+            chain_row(device, state, received_ms, depth),
         )
         gone, added = gap_changes(old_gaps, state.gaps)
         db.executemany(
