@@ -14,6 +14,14 @@ reminder on the screen) is never stored on its own: it is derived from the answe
 commands in the outbox, at start-up by `restore` and right after the commit otherwise.
 A kill between the commit and the side effect loses nothing: the next start derives it.
 
+A key rotation (agent/rotation.py) is the one command whose side effect is not derived
+from the outbox but kept in files: its new key pair is staged on disk before the receipt
+is committed (the receipt announces the new next pair) and swapped in after it, and a
+start-up (`rotation.recover`) finishes or undoes a swap a kill interrupted, by asking the
+outbox whether the receipt was committed. Its receipt is signed with the old key; every
+record after the swap with the new one, and the uplink is told to load the new
+certificate for its next connection (`on_rotated`).
+
 The executor is synchronous and clock-free like `DeviceAgent`: the uplink hands it the
 bytes (`on_command`), `clock` says the time. Without a known time the device cannot tell
 an expired command from a fresh one: it leaves the command unanswered (not used up), and
@@ -28,7 +36,9 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from agent import rotation
 from agent.commands import (
     Command,
     CommandVerifier,
@@ -37,13 +47,14 @@ from agent.commands import (
     Refusal,
     Reminder,
     RollCall,
+    RotateKeys,
     Settings,
     TaskBundle,
     local_date,
     read_stored,
 )
 from agent.device import DeviceAgent
-from agent.errors import RecordError
+from agent.errors import LocalError, RecordError
 from agent.outbox import Builder, Built, Stored
 from agent.plan import AgendaItem, Assignment, Plan
 from agent.records import ChainPosition, Outcome, RecordType, build, receipt_body, rollcall_body
@@ -102,7 +113,12 @@ class CommandExecutor:
         *,
         team: str | None = None,
         on_reminder: Callable[[Command, Reminder], None] = _show,
+        identity: Path | None = None,
+        on_rotated: Callable[[], None] = lambda: None,
     ) -> None:
+        """`identity`: the device folder whose keys a key rotation swaps (agent/enroll.py
+        layout; None: key rotations are refused). `on_rotated`: called after a swap, so
+        that the next connection presents the new certificate."""
         self.agent = agent
         self.verifier = verifier
         self.clock = clock
@@ -112,6 +128,8 @@ class CommandExecutor:
         self.reminders: list[tuple[Command, Reminder]] = []  # carried out, newest last
         self.stats = CommandStats()
         self._on_reminder = on_reminder
+        self.identity = identity
+        self._on_rotated = on_rotated
 
     # -- state derived from the outbox -------------------------------------------------------
 
@@ -184,6 +202,8 @@ class CommandExecutor:
             refused = verdict.receipt_reason
             return self._answer(raw, stamp, verdict.number, verdict.type, refused)
         body = verdict.body
+        if isinstance(body, RotateKeys):
+            return self._rotate(raw, stamp, verdict, body)
         problem = bundle_problem(self.agent.plan, body) if isinstance(body, TaskBundle) else None
         if problem is not None:
             return self._answer(raw, stamp, verdict.number, verdict.type, problem)
@@ -204,14 +224,23 @@ class CommandExecutor:
         refused: str | None,
         *,
         rollcall: Mapping[int, object] | None = None,
+        commitment: rotation.Staged | None = None,
     ) -> Handled:
         """Store the receipt (DONE, or REFUSED when `refused` says why) and a roll call's
-        answer, with the command marked answered, in one transaction."""
+        answer, with the command marked answered, in one transaction. A key rotation's
+        receipt carries the new next pair (`commitment`)."""
         outcome, reason = (Outcome.DONE, None) if refused is None else (Outcome.REFUSED, refused)
         builds: list[Builder] = []
         if rollcall is not None:
             builds.append(self._builder(RecordType.ROLLCALL, stamp, rollcall))
-        receipt = receipt_body(number, command_type, outcome, reason)
+        receipt = receipt_body(
+            number,
+            command_type,
+            outcome,
+            reason,
+            next_signing_key=None if commitment is None else commitment.next_signing_key,
+            next_csr=None if commitment is None else commitment.next_csr,
+        )
         builds.append(self._builder(RecordType.RECEIPT, stamp, receipt))
         assert stamp.time_ms is not None
         stored = self.agent.outbox.answer_command(
@@ -233,6 +262,63 @@ class CommandExecutor:
             self.agent.created[s.type] += 1
             self.agent.on_stored(s)
         return Handled(outcome, reason, number, tuple(stored))
+
+    def _rotate(self, raw: bytes, stamp: Stamp, command: Command, body: RotateKeys) -> Handled:
+        """Check the certificate, stage the new keys, commit the receipt (signed with the
+        old key, announcing the new next pair), then swap (agent/rotation.py)."""
+        folder, now = self.identity, stamp.time_ms
+        assert now is not None
+        if folder is None:
+            refused = "key rotation is not set up on this device"
+            return self._answer(raw, stamp, command.number, command.type, refused)
+        answered = rotation.committed(self.agent.outbox)
+        if rotation.recover(folder, answered) == "completed":  # an earlier swap had failed
+            self._adopt(folder, None)
+        problem = rotation.check(folder, body.cert, self.agent.device, now)
+        if problem is not None:
+            return self._answer(raw, stamp, command.number, command.type, problem)
+        try:
+            staged = rotation.stage(folder, body.cert, command.number)
+            handled = self._answer(
+                raw, stamp, command.number, command.type, None, commitment=staged
+            )
+        except BaseException:
+            if not answered(command.number):  # never announced: forget the staged pair
+                rotation.discard(folder)
+            raise
+        self._swap(folder, command.number)
+        return handled
+
+    def _swap(self, folder: Path, number: int) -> None:
+        """After the commit: the staged keys go in place; records are signed with the new
+        key from now on, the next connection presents the new certificate. A failure here
+        leaves the old key in use (the registry still trusts it) and the swap pending for
+        the next start."""
+        try:
+            rotation.complete(folder)
+        except OSError as exc:
+            log.error(
+                "%s: key rotation %d committed, but the swap failed (%s); the next start "
+                "completes it",
+                self.agent.device,
+                number,
+                exc,
+            )
+            return
+        self._adopt(folder, number)
+
+    def _adopt(self, folder: Path, number: int | None) -> None:
+        """Sign with the record key now in place; the next connection uses the new cert."""
+        try:
+            self.agent.key = rotation.load_signing_key(folder)
+        except LocalError as exc:
+            log.error("%s: the new record key cannot be loaded: %s", self.agent.device, exc)
+            return
+        log.info("%s: key rotation %s: new keys in use", self.agent.device, number or "")
+        try:
+            self._on_rotated()
+        except LocalError as exc:
+            log.error("%s: the new certificate cannot be loaded: %s", self.agent.device, exc)
 
     def _builder(self, rtype: RecordType, stamp: Stamp, body: Mapping[int, object]) -> Builder:
         agent = self.agent

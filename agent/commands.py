@@ -16,6 +16,11 @@ A fresh, signed, addressed command is answered exactly once, even when it is ref
 
 Keys a command type does not define are refused, not ignored (unlike records): a command
 that says more than the device understands must not be carried out halfway.
+
+A key rotation (`RotateKeys`) is checked here only for its shape (a DER X.509
+certificate); whether the certificate fits this device (its CA, its next TLS key, its
+name) depends on the device's files and is judged by agent/rotation.py, like a task
+bundle's lines are judged against the device's plan.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import cbor2
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -48,6 +54,7 @@ __all__ = [
     "Refusal",
     "Reminder",
     "RollCall",
+    "RotateKeys",
     "Settings",
     "TaskBundle",
     "body_type",
@@ -60,6 +67,7 @@ CHALLENGE_LEN = 16
 MAX_LINES = 256
 MAX_TEXT = 1000  # characters of a reminder
 MAX_REASON = 100  # characters of a receipt's reason
+MAX_CERT = 4096  # bytes of a certificate in a key rotation (a P-256 client one is about 600)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -70,6 +78,7 @@ class CommandType(enum.IntEnum):
     ROLL_CALL = 2
     REMINDER = 3
     CONFIG_CHANGE = 4
+    ROTATE_KEYS = 5
 
 
 class CommandKey(enum.IntEnum):
@@ -116,7 +125,14 @@ class ConfigChange:
     settings: Mapping[str, int | str]
 
 
-Body = TaskBundle | RollCall | Reminder | ConfigChange
+@dataclass(frozen=True, slots=True)
+class RotateKeys:
+    """Make the pre-committed next key pair current; `cert` (DER) certifies its TLS key."""
+
+    cert: bytes
+
+
+Body = TaskBundle | RollCall | Reminder | ConfigChange | RotateKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +229,8 @@ def body_type(body: Body) -> CommandType:
         return CommandType.ROLL_CALL
     if isinstance(body, Reminder):
         return CommandType.REMINDER
+    if isinstance(body, RotateKeys):
+        return CommandType.ROTATE_KEYS
     return CommandType.CONFIG_CHANGE
 
 
@@ -223,6 +241,8 @@ def _body_map(body: Body) -> dict[int, object]:
         return {16: body.challenge}
     if isinstance(body, Reminder):
         return {16: body.text}
+    if isinstance(body, RotateKeys):
+        return {16: body.cert}
     return {16: dict(body.settings)}
 
 
@@ -338,12 +358,25 @@ def _config_change(m: Mapping[object, object]) -> Body:
     return ConfigChange(out)
 
 
+def _rotate_keys(m: Mapping[object, object]) -> Body:
+    _only(m, (16,))
+    cert = m.get(16)
+    if not isinstance(cert, bytes) or not 1 <= len(cert) <= MAX_CERT:
+        raise _Invalid(f"key rotation: key 16 must be a certificate of 1..{MAX_CERT} bytes")
+    try:
+        x509.load_der_x509_certificate(cert)
+    except ValueError:
+        raise _Invalid("key rotation: key 16 is not a DER X.509 certificate") from None
+    return RotateKeys(cert)
+
+
 # Command type -> the reader of its type-specific keys (they raise _Invalid).
 BODY_READERS: Mapping[CommandType, Callable[[Mapping[object, object]], Body]] = {
     CommandType.TASK_BUNDLE: _task_bundle,
     CommandType.ROLL_CALL: _roll_call,
     CommandType.REMINDER: _reminder,
     CommandType.CONFIG_CHANGE: _config_change,
+    CommandType.ROTATE_KEYS: _rotate_keys,
 }
 
 

@@ -16,7 +16,11 @@ and unknown keys are refused (a typo must not silently fall back to a default).
 
     [broker]
     host = "127.0.0.1"
-    port = 1883
+    port = 8883
+    ca = "ca.crt"                 # optional: with it the link is TLS, the broker must present
+                                  # a certificate from this CA (docs/provisioning.md)
+    cert = "device.crt"           # optional: the device's client certificate
+    cert_key = "device.key"       # its EC private key (0600)
 
     [gnss]                        # optional section
     source = "gpsd://127.0.0.1:2947"   # default; see docs/gnss.md for serial/tcp/file
@@ -36,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.errors import LocalError
 from agent.protocol import DEVICE_ID
+from agent.uplink import UplinkTls
 
 DEFAULT_GNSS = "gpsd://127.0.0.1:2947"
 # No GNSS date before this can be right for this software: it was released after it.
@@ -58,22 +63,12 @@ class AgentConfig:
     gnss_source: str = DEFAULT_GNSS
     not_before: dt.date = DEFAULT_NOT_BEFORE
     center_key_path: Path | None = None
+    tls: UplinkTls | None = None
 
     def load_center_key(self) -> Ed25519PublicKey | None:
         """The key that signs commands (None: no `center_key`, commands are not accepted)."""
         path = self.center_key_path
-        if path is None:
-            return None
-        try:
-            data = path.read_bytes()
-            if len(data) == 32:
-                return Ed25519PublicKey.from_public_bytes(data)
-            key = serialization.load_pem_public_key(data)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"center key {path}: {exc}") from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise ConfigError(f"center key {path}: not an Ed25519 public key")
-        return key
+        return None if path is None else read_center_key(path)
 
     def load_key(self) -> Ed25519PrivateKey:
         """Read the signing key once; refuse it if anyone but its owner could read it."""
@@ -90,6 +85,49 @@ class AgentConfig:
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(f"signing key {self.key_path}: not an Ed25519 private key")
         return key
+
+
+def read_center_key(path: Path) -> Ed25519PublicKey:
+    """The center's Ed25519 public key: PEM, or the raw 32 bytes."""
+    try:
+        data = path.read_bytes()
+        if len(data) == 32:
+            return Ed25519PublicKey.from_public_bytes(data)
+        key = serialization.load_pem_public_key(data)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"center key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"center key {path}: not an Ed25519 public key")
+    return key
+
+
+def _tls(broker: dict[str, object], base: Path, where: str) -> UplinkTls | None:
+    paths: dict[str, Path] = {}
+    for name in ("ca", "cert", "cert_key"):
+        value = broker.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {name!r} must be a path")
+        paths[name] = base / value
+    if not paths:
+        return None
+    if "ca" not in paths:
+        raise ConfigError(f"{where}: 'cert' needs 'ca' (the CA that signed the broker)")
+    if ("cert" in paths) != ("cert_key" in paths):
+        raise ConfigError(f"{where}: 'cert' and 'cert_key' go together")
+    key = paths.get("cert_key")
+    if key is not None:
+        try:
+            mode = key.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(f"{where}: 'cert_key' {key}: {exc}") from exc
+        if mode & 0o077:
+            raise ConfigError(
+                f"TLS key {key}: permissions {stat.S_IMODE(mode):04o} are too open; only its "
+                f"owner may read it (chmod 600 {key})"
+            )
+    return UplinkTls(paths["ca"], paths.get("cert"), key)
 
 
 def _get(table: dict[str, object], key: str, kind: type, where: str) -> object:
@@ -122,7 +160,7 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{where}: 'device' {device!r} is not a valid device id")
     broker = _get(doc, "broker", dict, where)
     assert isinstance(broker, dict)
-    _only(broker, {"host", "port"}, f"{where} [broker]")
+    _only(broker, {"host", "port", "ca", "cert", "cert_key"}, f"{where} [broker]")
     port = _get(broker, "port", int, f"{where} [broker]")
     assert isinstance(port, int)
     if not 0 < port < 65536:
@@ -160,4 +198,5 @@ def load_config(path: Path) -> AgentConfig:
         gnss_source=source,
         not_before=not_before,
         center_key_path=None if center_key is None else base / center_key,
+        tls=_tls(broker, base, f"{where} [broker]"),
     )

@@ -9,6 +9,9 @@ lets the uplink finish its current step; nothing stored is ever at risk from sto
 With `center_key` in the config, signed commands from the center arrive through the
 uplink and are carried out by a `CommandExecutor` (docs/commands.md); what earlier
 commands set (a task bundle's agenda, settings) is restored from the outbox at start.
+A key rotation a kill interrupted is finished (or undone) before the agent starts
+(agent/rotation.py); after a rotation the agent signs with the new key and the uplink
+presents the new certificate from its next connection.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+from agent import rotation
 from agent.cmdexec import CommandExecutor
 from agent.commands import CommandVerifier
 from agent.config import AgentConfig
@@ -34,7 +36,7 @@ from agent.outbox import Outbox
 from agent.plan import Plan
 from agent.planfile import load_plan
 from agent.timekeeper import TimeKeeper
-from agent.uplink import BrokerAddress, Uplink
+from agent.uplink import BrokerAddress, Uplink, UplinkOptions
 
 log = logging.getLogger(__name__)
 PERSIST_S = 30.0
@@ -65,9 +67,16 @@ class AgentRun:
         center_key = cfg.load_center_key()
         outbox = Outbox(cfg.outbox_path, cfg.device)
         try:
+            identity = rotation.identity_folder(cfg.key_path)
+            if identity is not None and rotation.recover(identity, rotation.committed(outbox)):
+                key = cfg.load_key()  # the interrupted rotation was finished or undone
             boot = outbox.begin_boot()
             keeper = TimeKeeper(persisted_ms=outbox.stored_time(), mono_ms=self.mono_ms())
-            uplink = Uplink(outbox, BrokerAddress(cfg.broker_host, cfg.broker_port))
+            uplink = Uplink(
+                outbox,
+                BrokerAddress(cfg.broker_host, cfg.broker_port),
+                options=UplinkOptions(tls=cfg.tls),
+            )
             agent = DeviceAgent(cfg.device, key, plan, outbox, on_stored=uplink.on_stored)
             executor: CommandExecutor | None = None
             if center_key is not None:
@@ -76,6 +85,8 @@ class AgentRun:
                     CommandVerifier(center_key, cfg.device),
                     lambda: keeper.now(self.mono_ms()),
                     team=cfg.team,
+                    identity=identity,
+                    on_rotated=uplink.reload_tls,
                 )
                 executor.restore()
                 uplink.on_command = executor.on_command  # read when the uplink subscribes
@@ -87,7 +98,7 @@ class AgentRun:
                 clock = tg.create_task(self._persist(keeper, outbox), name="time")
                 ticker = tg.create_task(self._tick(keeper, agent, cfg, executor), name="tick")
                 health = tg.create_task(
-                    self._health(keeper, agent, key, uplink, executor), name="health"
+                    self._health(keeper, agent, uplink, executor), name="health"
                 )
                 await self.stop_event.wait()
                 reader.cancel()
@@ -138,7 +149,6 @@ class AgentRun:
         self,
         keeper: TimeKeeper,
         agent: DeviceAgent,
-        key: Ed25519PrivateKey,
         uplink: Uplink,
         executor: CommandExecutor | None,
     ) -> None:
@@ -160,7 +170,7 @@ class AgentRun:
                 )
                 uplink.on_stored(
                     store_health(
-                        agent.outbox, key, body, time_ms=now.time_ms, time_source=now.source
+                        agent.outbox, agent.key, body, time_ms=now.time_ms, time_source=now.source
                     )
                 )
             await asyncio.sleep(interval)

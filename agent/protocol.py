@@ -59,6 +59,7 @@ class Refusal(enum.IntEnum):
     BAD_SIGNATURE = 2
     UNKNOWN_DEVICE = 3
     WRONG_DEVICE = 4
+    REVOKED = 5  # signed by a key at or after its revocation (docs/provisioning.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,8 @@ class ReceiptKey(enum.IntEnum):
     COMMAND_TYPE = 17
     OUTCOME = 18
     REASON = 19
+    NEXT_SIGNING_KEY = 20  # a key rotation's receipt: the new pre-committed next record key
+    NEXT_CSR = 21  # … and a CSR (DER) for the new next TLS key
 
 
 class DroppedKey(enum.IntEnum):
@@ -257,9 +259,16 @@ def alert_body(
 
 
 def receipt_body(
-    command: int, command_type: int, outcome: Outcome, reason: str | None = None
+    command: int,
+    command_type: int,
+    outcome: Outcome,
+    reason: str | None = None,
+    *,
+    next_signing_key: bytes | None = None,
+    next_csr: bytes | None = None,
 ) -> dict[int, object]:
-    """Type 7: what the device did with a command from the center."""
+    """Type 7: what the device did with a command from the center. A key rotation's
+    receipt also carries the public halves of the device's new next key pair."""
     body: dict[int, object] = {
         ReceiptKey.COMMAND: command,
         ReceiptKey.COMMAND_TYPE: command_type,
@@ -267,6 +276,10 @@ def receipt_body(
     }
     if reason is not None:
         body[ReceiptKey.REASON] = reason
+    if next_signing_key is not None:
+        body[ReceiptKey.NEXT_SIGNING_KEY] = next_signing_key
+    if next_csr is not None:
+        body[ReceiptKey.NEXT_CSR] = next_csr
     return body
 
 
@@ -295,6 +308,8 @@ class Kind(enum.Enum):
     PERCENT = "an unsigned integer up to 100"
     CHALLENGE = "a byte string or an unsigned integer"
     TYPES = "an array of unsigned integers"
+    KEY = "a byte string of 32 bytes"
+    BYTES = "a non-empty byte string"
 
 
 def _fits(kind: Kind, v: object) -> bool:
@@ -306,6 +321,10 @@ def _fits(kind: Kind, v: object) -> bool:
         return isinstance(v, bytes) or (isinstance(v, int) and v >= 0)
     if kind is Kind.TYPES:
         return isinstance(v, list | tuple) and all(_fits(Kind.UINT, t) for t in v)
+    if kind is Kind.KEY:
+        return isinstance(v, bytes) and len(v) == 32
+    if kind is Kind.BYTES:
+        return isinstance(v, bytes) and len(v) > 0
     if not isinstance(v, int):
         return False
     if kind is Kind.LAT:
@@ -385,6 +404,8 @@ BODY_SCHEMA: Mapping[RecordType, Mapping[int, Field]] = {
         ReceiptKey.COMMAND_TYPE: _req("command type", Kind.UINT),
         ReceiptKey.OUTCOME: _req("outcome", Kind.UINT),
         ReceiptKey.REASON: Field("reason", Kind.TEXT),
+        ReceiptKey.NEXT_SIGNING_KEY: Field("next signing key", Kind.KEY),
+        ReceiptKey.NEXT_CSR: Field("next certificate request", Kind.BYTES),
     },
     RecordType.DROPPED: {
         DroppedKey.COUNT: _req("count", Kind.UINT),
@@ -427,6 +448,10 @@ def validate_body(rtype: RecordType, body: Mapping[int, object]) -> None:
     pair = POSITION_KEYS.get(rtype)
     if pair is not None and (pair[0] in body) != (pair[1] in body):
         raise RecordError(f"{what} keys {pair[0]} and {pair[1]} (position) come together or not")
+    if rtype is RecordType.RECEIPT and (
+        (ReceiptKey.NEXT_SIGNING_KEY in body) != (ReceiptKey.NEXT_CSR in body)
+    ):
+        raise RecordError(f"{what} keys 20 and 21 (next key pair) come together or not")
     if rtype is RecordType.DROPPED:
         count, first, last = (body[k] for k in (16, 17, 18))
         assert isinstance(count, int) and isinstance(first, int) and isinstance(last, int)

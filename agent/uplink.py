@@ -108,6 +108,28 @@ class UplinkTls:
         return ctx
 
 
+# What OpenSSL says when a TLS handshake fails, and what it means for a field device.
+_TLS_FAILURES = (
+    ("certificate expired", "the broker refused this device's certificate: it has expired"),
+    ("certificate revoked", "the broker refused this device's certificate: it was revoked"),
+    ("unknown ca", "the broker refused this device's certificate: issued by a CA it does not "
+     "trust (a certificate from another fleet?)"),
+    ("certificate required", "the broker requires a client certificate and got none"),
+    ("bad certificate", "the broker refused this device's certificate"),
+    ("certificate verify failed", "the broker's certificate was not accepted (not issued by "
+     "this device's fleet CA, wrong host name, or expired)"),
+)  # fmt: skip
+
+
+def explain_tls(message: str) -> str | None:
+    """A clear sentence for a TLS refusal (None: not one); OpenSSL's words follow it."""
+    low = message.lower()
+    for needle, meaning in _TLS_FAILURES:
+        if needle in low:
+            return f"TLS: {meaning} [{message}]"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class UplinkOptions:
     keepalive_s: int = 30  # MQTT keepalive; a half-open link is noticed within ~1.4 of it
@@ -179,6 +201,12 @@ class Uplink:
         self._stopping.set()
         self.wake.set()
 
+    def reload_tls(self) -> None:
+        """Read the TLS files again (a key rotation replaced them); the next connection uses
+        them, the current one is kept. Raises LocalError when they do not load."""
+        if self.options.tls is not None:
+            self._tls = self.options.tls.context()
+
     async def run(self) -> None:
         """Supervise connections until `stop()`; never raises on link failures.
 
@@ -193,7 +221,10 @@ class Uplink:
             try:
                 await self._session()
             except* (aiomqtt.MqttError, OSError, TimeoutError) as group:
-                self._lost(group.exceptions[0], logging.DEBUG)
+                failure: BaseException = group.exceptions[0]
+                if self.stats.connects == connects and self._tls is not None:
+                    failure = await self._diagnose(failure)
+                self._lost(failure, logging.DEBUG)
             except* StorageError as group:  # a full disk: keep what we have, try again later
                 self._lost(group.exceptions[0], logging.WARNING)
             finally:
@@ -210,9 +241,41 @@ class Uplink:
                 async with asyncio.timeout(delay * (0.5 + self._rng.random())):
                     await self._stopping.wait()
 
+    async def _diagnose(self, failure: BaseException) -> BaseException:
+        """Why a TLS connection failed before the broker answered, when it does not say.
+
+        Under TLS 1.3 the broker checks the client's certificate after the client's side of
+        the handshake is over: a refused certificate looks like a connection that dropped
+        or timed out. A second handshake alone, capped at TLS 1.2 where the refusal arrives
+        inside the handshake, brings back the broker's reason (expired, revoked, unknown
+        CA). Costs one handshake per failed connection attempt, never one that worked.
+        """
+        if self.options.tls is None or explain_tls(str(failure)) is not None:
+            return failure
+        ctx = self.options.tls.context()
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            async with asyncio.timeout(self.options.connect_timeout_s):
+                _reader, writer = await asyncio.open_connection(
+                    self.broker.host, self.broker.port, ssl=ctx
+                )
+                writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await writer.wait_closed()
+        except ssl.SSLError as exc:
+            if explain_tls(str(exc)) is not None:
+                return exc
+        except (OSError, TimeoutError):
+            pass
+        return failure
+
     def _lost(self, exc: BaseException, level: int) -> None:
         self.stats.link_losses += 1
-        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        tls = explain_tls(str(exc)) if self._tls is not None else None
+        if tls is not None:
+            # Retrying will not fix a refused certificate: say so where people look.
+            level = logging.WARNING if self.stats.last_error != tls else logging.DEBUG
+        self.stats.last_error = tls or f"{type(exc).__name__}: {exc}"
         log.log(level, "%s: link down: %s", self.device, self.stats.last_error)
 
     async def _session(self) -> None:

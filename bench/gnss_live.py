@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.geo import offset
 from bench.gnss import one_cycle
+from provisioning.brokerconf import write_broker_config
 from provisioning.device import provision_device
+from provisioning.fleet import Fleet
 from simulators.broker import Mosquitto
 from simulators.nmea import gga, rmc
 
@@ -183,10 +185,14 @@ def main() -> None:
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
         with tempfile.TemporaryDirectory(prefix="picket-gnss-live-") as tmp:
             work = Path(tmp)
-            with Mosquitto(work / "broker") as broker:
+            now = int(time.time() * 1000)
+            fleet = Fleet.init(work / "fleet", now)  # the real path: TLS, certificates, ACL
+            broker = Mosquitto(work / "broker", tls_dir=work / "broker-tls")
+            write_broker_config(fleet, work / "broker-tls", broker.port, now)
+            with broker:
                 files = provision_device(
-                    work / "fleet", "h0001", work / "h0001", broker_host=broker.host,
-                    broker_port=broker.port, now_ms=int(time.time() * 1000),
+                    fleet, "h0001", work / "h0001", broker_host=broker.host,
+                    broker_port=broker.port, now_ms=now,
                 )  # fmt: skip
                 write_plan(files.directory / "plan.geojson")
                 text = files.config.read_text(encoding="utf-8").replace(

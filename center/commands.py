@@ -28,6 +28,7 @@ import asyncio
 import logging
 import secrets
 import sqlite3
+import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,19 +186,31 @@ class CommandSigner:
 
 
 async def publish_all(
-    host: str, port: int, commands: Sequence[Signed], *, timeout_s: float = PUBLISH_TIMEOUT_S
+    host: str,
+    port: int,
+    commands: Sequence[Signed],
+    *,
+    timeout_s: float = PUBLISH_TIMEOUT_S,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Publish each command to its device's topic (QoS 1, retained), with one new client."""
-    await _publish(host, port, [(c.device, c.raw) for c in commands], timeout_s)
+    """Publish each command to its device's topic (QoS 1, retained), with one new client.
+    `tls`: the center's client TLS context (a broker made by `picket provision broker-config`)."""
+    await _publish(host, port, [(c.device, c.raw) for c in commands], timeout_s, tls)
 
 
-async def publish(host: str, port: int, device: str, raw: bytes) -> None:
+async def publish(
+    host: str, port: int, device: str, raw: bytes, *, tls: ssl.SSLContext | None = None
+) -> None:
     """Publish one signed command (`Signed.raw`) to `device`."""
-    await _publish(host, port, [(device, raw)], PUBLISH_TIMEOUT_S)
+    await _publish(host, port, [(device, raw)], PUBLISH_TIMEOUT_S, tls)
 
 
 async def _publish(
-    host: str, port: int, commands: Sequence[tuple[str, bytes]], timeout_s: float
+    host: str,
+    port: int,
+    commands: Sequence[tuple[str, bytes]],
+    timeout_s: float,
+    tls: ssl.SSLContext | None,
 ) -> None:
     try:
         async with asyncio.timeout(timeout_s * (2 + len(commands))):
@@ -206,6 +219,7 @@ async def _publish(
                 port,
                 identifier=f"picket-dispatch-{secrets.token_hex(4)}",
                 timeout=timeout_s,
+                tls_context=tls,
             ) as client:
                 for device, raw in commands:
                     await client.publish(

@@ -18,6 +18,12 @@ A record is decoded once: the COSE envelope, then the payload, then the signatur
 checked over the decoded parts (what `open_record` does, without decoding twice). This is
 the hot path of `bench/center_ingest.py`.
 
+**Keys.** `key_of` gives a device's keys, current first (provisioning/registry.py keeps
+the history: a rotated-out key still verifies what it signed). A key revoked at time T
+verifies nothing whose own time is T or later: such a record is refused as REVOKED. The
+record's time is the device's claim; a thief with the key could backdate, which is why
+revocation also closes the broker to the device's certificate (docs/provisioning.md).
+
 A record that verifies but conflicts with the one stored for its sequence number is a
 fork: the store keeps it in `refused` (reason FORK) and the acknowledgement lists it as
 durable, because protocol v1 has no refusal code for it and the center does hold it; the
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
@@ -40,10 +46,15 @@ from agent.protocol import Ack, Refusal, decode_batch, device_of_topic
 from agent.records import Record, parse_payload, validate_body
 from center.chain import Verdict
 from center.store import RefusedItem, Store
+from provisioning.registry import KeyEntry
+
+Trust = Ed25519PublicKey | Sequence[KeyEntry] | None
 
 log = logging.getLogger(__name__)
 
 INT64_MAX = 2**63 - 1
+# Refusals that a registry read a moment later could turn around (a cached key history).
+STALE_KEYS = frozenset({Refusal.BAD_SIGNATURE.name, Refusal.UNKNOWN_DEVICE.name})
 
 
 @dataclass(slots=True)
@@ -68,7 +79,7 @@ class IngestStats:
 
 
 class Ingest:
-    def __init__(self, store: Store, key_of: Callable[[str], Ed25519PublicKey | None]):
+    def __init__(self, store: Store, key_of: Callable[[str], Trust]):
         self.store = store
         self.key_of = key_of
         self.stats = IngestStats()
@@ -91,21 +102,29 @@ class Ingest:
         good: list[Record] = []
         refused: list[RefusedItem] = []
         answers: list[tuple[int, Refusal]] = []
-        key = self.key_of(device)
+        keys = trusted(self.key_of(device))
+        used: set[bytes] = set()
+        refresh = getattr(self.key_of, "refresh", None)
         for raw in batch.records:
-            checked = check_record(raw, device, key)
-            if isinstance(checked, Record):
-                good.append(checked)
+            checked = check_record(raw, device, keys)
+            if (
+                isinstance(checked, RefusedItem)
+                and checked.reason in STALE_KEYS
+                and refresh is not None
+            ):
+                # A key rotated or registered a moment ago: read the registry again, once.
+                keys, refresh = trusted(refresh(device)), None
+                checked = check_record(raw, device, keys)
+            if isinstance(checked, tuple):
+                good.append(checked[0])
+                used.add(checked[1].public_bytes_raw())
                 continue
             refused.append(checked)
             if checked.seq is not None:
                 answers.append((checked.seq, Refusal[checked.reason]))
-        keys: list[tuple[str, bytes]] = []
-        if good and key is not None:
-            pair = (device, key.public_bytes_raw())
-            keys = [] if pair in self._keys_saved else [pair]
-        saved = self.store.save(good, refused, now_ms, keys)
-        self._keys_saved.update(keys)
+        new_keys = [(device, k) for k in sorted(used) if (device, k) not in self._keys_saved]
+        saved = self.store.save(good, refused, now_ms, new_keys)
+        self._keys_saved.update(new_keys)
         self.stats.batches += 1
         verdicts = Counter(saved.verdicts)
         self.stats.stored += verdicts[Verdict.NEW]
@@ -134,8 +153,20 @@ class Ingest:
         return Ack(batch.id, tuple(r.header.seq for r in good), tuple(answers))
 
 
-def check_record(raw: bytes, device: str, key: Ed25519PublicKey | None) -> Record | RefusedItem:
-    """One record from `device`'s topic: the verified record, or why it is refused.
+def trusted(found: Trust) -> tuple[KeyEntry, ...]:
+    """`key_of`'s answer as a key history (a bare key: one key, never revoked)."""
+    if found is None:
+        return ()
+    if isinstance(found, Ed25519PublicKey):
+        return (KeyEntry(found),)
+    return tuple(found)
+
+
+def check_record(
+    raw: bytes, device: str, keys: Trust
+) -> tuple[Record, Ed25519PublicKey] | RefusedItem:
+    """One record from `device`'s topic: the verified record and the key that verified it,
+    or why it is refused.
 
     A record whose claimed header cannot be read is refused without a sequence number (the
     device cannot be told which one it was); every other refusal names its sequence.
@@ -150,15 +181,19 @@ def check_record(raw: bytes, device: str, key: Ed25519PublicKey | None) -> Recor
         return RefusedItem(
             device, None, Refusal.MALFORMED.name, "sequence, boot or time beyond 2**63 - 1", raw
         )
+    entries = trusted(keys)
     if h.device != device:
         reason, detail = Refusal.WRONG_DEVICE, f"record names {h.device!r}"
-    elif key is None:
+    elif not entries:
         reason, detail = Refusal.UNKNOWN_DEVICE, f"{device!r} is not registered"
     else:
-        try:
-            key.verify(msg.signature, sig_structure(msg.protected, msg.payload))
-        except InvalidSignature:
+        signed = sig_structure(msg.protected, msg.payload)
+        entry = next((e for e in entries if _verifies(e.key, msg.signature, signed)), None)
+        if entry is None:
             reason, detail = Refusal.BAD_SIGNATURE, "signature does not verify"
+        elif entry.revoked_ms is not None and h.time_ms >= entry.revoked_ms:
+            reason = Refusal.REVOKED
+            detail = f"signed at {h.time_ms}, by a key revoked at {entry.revoked_ms}"
         else:
             try:
                 validate_body(h.type, rec.body)
@@ -167,5 +202,13 @@ def check_record(raw: bytes, device: str, key: Ed25519PublicKey | None) -> Recor
             except RecordError as exc:
                 reason, detail = Refusal.MALFORMED, str(exc)
             else:
-                return rec
+                return rec, entry.key
     return RefusedItem(device, h.seq, reason.name, detail, raw)
+
+
+def _verifies(key: Ed25519PublicKey, signature: bytes, signed: bytes) -> bool:
+    try:
+        key.verify(signature, signed)
+    except InvalidSignature:
+        return False
+    return True

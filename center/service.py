@@ -29,6 +29,7 @@ import contextlib
 import functools
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,14 +37,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import aiomqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.errors import RemoteError
 from agent.protocol import ALL_RECORDS, PREFIX, ack_topic, device_of_topic
-from center.ingest import Ingest
+from center.ingest import Ingest, Trust
 from center.status import Presence
 from center.store import Store, StoreError, open_store
-from provisioning.registry import Registry
+from provisioning.registry import KeyEntry, Registry
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +61,65 @@ def shared(group: str, topic: str) -> str:
 
 
 class KeyCache:
-    def __init__(self, registry_path: Path, min_reload_s: float = 2.0) -> None:
+    """Each device's key history from the registry, cached; re-read when the registry
+    changed (SQLite's data_version, looked at most every `check_s`), so a revocation or a
+    rotation reaches a running center within about a second. An unknown device triggers a
+    re-read too, at most every `min_reload_s` per device (a device provisioned after the
+    center started is accepted without a restart). Used on the database thread only."""
+
+    def __init__(self, registry_path: Path, min_reload_s: float = 2.0, check_s: float = 1.0):
         self.registry_path = registry_path
-        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._keys: dict[str, tuple[KeyEntry, ...]] = {}
         self._misses: dict[str, float] = {}
         self._min_reload_s = min_reload_s
+        self._check_s = check_s
+        self._registry: Registry | None = None
+        self._version = -1
+        self._checked = -1e9
 
-    def __call__(self, device: str) -> Ed25519PublicKey | None:
-        key = self._keys.get(device)
-        if key is not None:
-            return key
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    def _fresh(self, now: float) -> Registry:
+        if self._registry is None:
+            self._registry = Registry(self.registry_path, readonly=True)
+        if now - self._checked >= self._check_s:
+            self._checked = now
+            version = self._registry.data_version()
+            if version != self._version:
+                self._version = version
+                self._keys.clear()
+        return self._registry
+
+    def refresh(self, device: str) -> tuple[KeyEntry, ...]:
+        """Read `device`'s keys again now (a record did not verify with the cached ones);
+        at most once per `min_reload_s` per device, so bad records cannot flood the registry."""
         now = time.monotonic()
+        registry = self._fresh(now)
         if now - self._misses.get(device, -1e9) < self._min_reload_s:
-            return None
+            return self._keys.get(device, ())
         self._misses[device] = now
-        reg = Registry(self.registry_path, readonly=True)
-        try:
-            key = reg.public_key(device)
-        finally:
-            reg.close()
-        if key is not None:
-            self._keys[device] = key
-        return key
+        keys = registry.trust(device)
+        if keys:
+            self._keys[device] = keys
+        return keys
+
+    def __call__(self, device: str) -> tuple[KeyEntry, ...]:
+        now = time.monotonic()
+        registry = self._fresh(now)
+        keys = self._keys.get(device)
+        if keys is not None:
+            return keys
+        if now - self._misses.get(device, -1e9) < self._min_reload_s:
+            return ()
+        keys = registry.trust(device)
+        if keys:
+            self._keys[device] = keys
+        else:
+            self._misses[device] = now
+        return keys
 
 
 def parse_presence(payload: bytes) -> Presence | None:
@@ -104,12 +141,17 @@ class CenterService:
         *,
         group: str = DEFAULT_GROUP,
         store: Store | None = None,
-        key_of: Callable[[str], Ed25519PublicKey | None] | None = None,
+        key_of: Callable[[str], Trust] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.records_filter = shared(group, ALL_RECORDS)
         self.store = store if store is not None else open_store(db)
-        self.ingest = Ingest(self.store, key_of or KeyCache(registry))
+        self._cache: KeyCache | None = None
+        if key_of is None:
+            key_of = self._cache = KeyCache(registry)
+        self.ingest = Ingest(self.store, key_of)
         self.host, self.port = host, port
+        self.tls = tls
         self.ready = asyncio.Event()
         self.states = 0  # state messages recorded
         self.bad_states = 0  # state messages that were not online/offline
@@ -146,10 +188,15 @@ class CenterService:
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
         finally:
             # After any database call still running (the executor runs one at a time).
-            closing = self._db.submit(self.store.close)
+            closing = self._db.submit(self._close_db)
             self._db.shutdown(wait=False)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wrap_future(closing)
+
+    def _close_db(self) -> None:
+        self.store.close()
+        if self._cache is not None:
+            self._cache.close()
 
     async def _session(self) -> None:
         async with aiomqtt.Client(
@@ -159,6 +206,7 @@ class CenterService:
             protocol=aiomqtt.ProtocolVersion.V5,
             keepalive=30,
             timeout=10,
+            tls_context=self.tls,
         ) as client:
             await client.subscribe(self.records_filter, qos=1)
             await client.subscribe(ALL_STATES, qos=1)

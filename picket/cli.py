@@ -13,12 +13,21 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from picket import benchcmd, centercmd, centerstatus, checkincmd, commandcmd, gps, plancmd
-from picket.argtypes import positive_int
+from picket import (
+    benchcmd,
+    centercmd,
+    centerstatus,
+    checkincmd,
+    commandcmd,
+    gps,
+    plancmd,
+    provisioncmd,
+    rotatecmd,
+)
+from picket.argtypes import center_tls, positive_int, tls_dir
 
 if TYPE_CHECKING:
     from simulators.faults import FaultKind
@@ -86,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--registry", type=Path, required=True, help="device registry (SQLite)")
     run.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
     run.add_argument(
+        "--tls", type=tls_dir, metavar="DIR", help="TLS with the center's certificate in DIR"
+    )
+    run.add_argument(
         "--group",
         default="picket-center",
         help="MQTT 5 shared-subscription group: workers in one group share the load",
@@ -99,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     arun = agent.add_parser("run", help="read GNSS, check in, sign, store and sync until stopped")
     arun.add_argument("--config", type=Path, required=True, help="the device's config.toml")
+    provisioncmd.add_agent_parsers(agent)
 
     gps.add_parsers(sub)
     checkincmd.add_parsers(sub)
@@ -108,11 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     prov = sub.add_parser("provision", help="technician's tools").add_subparsers(
         dest="provision_command", required=True, metavar="COMMAND"
     )
-    dev = prov.add_parser("device", help="make a device's key, config and registry entry")
-    dev.add_argument("--fleet", type=Path, required=True, help="fleet folder (holds registry.db)")
-    dev.add_argument("--id", required=True, help="device id, e.g. h0001")
-    dev.add_argument("--out", type=Path, required=True, help="device folder to write")
-    dev.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+    provisioncmd.add_provision_parsers(prov)
+    rotatecmd.add_parser(prov)
     return p
 
 
@@ -136,6 +146,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_center_run(args: argparse.Namespace) -> int:
+    from agent.errors import LocalError
     from center.export import CenterDbError
     from center.service import CenterService
 
@@ -145,8 +156,10 @@ def _cmd_center_run(args: argparse.Namespace) -> int:
 
     async def serve() -> dict[str, object]:
         try:
-            service = CenterService(args.db, args.registry, host, port, group=args.group)
-        except (ValueError, CenterDbError) as exc:
+            service = CenterService(
+                args.db, args.registry, host, port, group=args.group, tls=center_tls(args.tls)
+            )
+        except (ValueError, CenterDbError, LocalError) as exc:
             raise BadInput(str(exc)) from exc
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -195,28 +208,6 @@ def _cmd_checkin_detect(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from exc
 
 
-def _cmd_provision_device(args: argparse.Namespace) -> int:
-    from provisioning.center import center_public_path
-    from provisioning.device import ProvisioningError, provision_device
-
-    host, port = args.broker
-    pub = center_public_path(args.fleet)  # devices of a fleet with a command key verify it
-    try:
-        files = provision_device(
-            args.fleet,
-            args.id,
-            args.out,
-            broker_host=host,
-            broker_port=port,
-            now_ms=int(time.time() * 1000),
-            center_pub=pub if pub.exists() else None,
-        )
-    except ProvisioningError as exc:
-        raise BadInput(str(exc)) from exc
-    print(f"provisioned {files.device}: {files.config} (key {files.key})")
-    return EXIT_OK
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -240,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         ("center", "roll-call"): commandcmd.roll_call,
         ("center", "reminder"): commandcmd.reminder,
         ("center", "devices"): centercmd.devices,
-        ("provision", "device"): _cmd_provision_device,
+        **provisioncmd.HANDLERS,
+        ("provision", "rotate"): rotatecmd.rotate,
     }
     sub = getattr(args, f"{args.command}_command", None)
     try:

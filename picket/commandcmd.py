@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.commands import CHALLENGE_LEN, MAX_TEXT, Body, Reminder, RollCall, TaskBundle
+from agent.errors import LocalError
 from agent.protocol import DEVICE_ID
 from agent.records import Outcome
 from center.commands import (
@@ -38,6 +39,7 @@ from center.commands import (
     receipts,
     rollcall_answers,
 )
+from picket.argtypes import center_tls, tls_dir
 from provisioning.center import create_center_key, load_center_key
 from provisioning.device import ProvisioningError
 
@@ -130,6 +132,9 @@ def _common(p: argparse.ArgumentParser, ttl_s: int, wait_s: float) -> None:
     p.add_argument("--fleet", type=Path, required=True, help="fleet folder (holds center.key)")
     p.add_argument("--db", type=Path, required=True, help="center SQLite database")
     p.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+    p.add_argument(
+        "--tls", type=tls_dir, metavar="DIR", help="TLS with the center's certificate in DIR"
+    )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--device", type=_device, help="one device id")
     who.add_argument("--team", type=_device, help="a team name (with --members)")
@@ -198,7 +203,11 @@ async def _send(args: argparse.Namespace, body: Body, now_ms: int) -> list[Signe
     except (ProvisioningError, CenterDbError) as exc:
         raise BadInput(str(exc)) from exc
     host, port = args.broker
-    await publish_all(host, port, signed)
+    try:
+        tls = center_tls(args.tls)
+    except LocalError as exc:
+        raise BadInput(str(exc)) from exc
+    await publish_all(host, port, signed, tls=tls)
     return signed
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from provisioning.device import ProvisioningError, write_private
+from agent.enroll import write_private
+from provisioning.registry import ProvisioningError
 
 __all__ = ["center_key_path", "center_public_path", "create_center_key", "load_center_key"]
 

@@ -1,25 +1,21 @@
-"""Minimal provisioning: a key pair per device, a config file, an entry in the registry.
+"""One-step provisioning for benches and CI fleets: both sides of enrollment on one machine.
 
-The spine generates the key here on the technician's side; enrollment where the key is
-generated on the device itself replaces this later (docs/provisioning.md). The private key
-is written with mode 0600 before any byte of it is, so it is never readable by others.
+`provision_device` runs the device's `enroll`, the fleet's `approve` and the device's
+`install` in a row, exactly the path a technician takes with two machines
+(docs/provisioning.md), so fleets made this way exercise the real code. The keys are still
+generated in the device folder and never copied; only the request and the bundle pass.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from agent.enroll import SIGNING, enroll, install
+from provisioning.fleet import Fleet
+from provisioning.registry import ProvisioningError, RegistryError
 
-from agent.protocol import DEVICE_ID
-from provisioning.registry import Registry, RegistryError
-
-
-class ProvisioningError(RegistryError):
-    pass
+__all__ = ["DeviceFiles", "ProvisioningError", "provision_device", "registry_path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,21 +23,16 @@ class DeviceFiles:
     device: str
     directory: Path
     config: Path
-    key: Path
+    key: Path  # the record-signing key
+    fingerprint: str
 
 
 def registry_path(fleet: Path) -> Path:
     return fleet / "registry.db"
 
 
-def write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def provision_device(
-    fleet: Path,
+    fleet: Path | Fleet,
     device: str,
     out: Path,
     *,
@@ -49,45 +40,43 @@ def provision_device(
     broker_port: int,
     now_ms: int,
     center_pub: Path | None = None,
+    tier: str | None = None,
+    team: str | None = None,
+    plan: bytes | None = None,
+    tls: bool = True,
 ) -> DeviceFiles:
-    """`center_pub`: the center's public key (provisioning/center.py), copied into the device
-    folder and named in its config, so that the agent accepts the center's commands."""
-    if not DEVICE_ID.fullmatch(device):
-        raise ProvisioningError(
-            f"device id {device!r} must be 1-64 letters, digits, '.', '_' or '-' "
-            "and start with a letter or digit"
-        )
-    fleet.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    key_path = out / "device.key"
-    write_private(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    commands = ""
-    if center_pub is not None:
-        try:
-            (out / "center.pub").write_bytes(center_pub.read_bytes())
-        except OSError as exc:
-            raise ProvisioningError(f"cannot copy the center key {center_pub}: {exc}") from exc
-        commands = 'center_key = "center.pub"\n'
-    config = out / "config.toml"
-    config.write_text(
-        f'device = "{device}"\nkey = "device.key"\noutbox = "outbox.db"\n{commands}\n'
-        f'[broker]\nhost = "{broker_host}"\nport = {broker_port}\n',
-        encoding="utf-8",
-    )
-    registry = Registry(registry_path(fleet))
+    """Enroll, approve and install `device` in `out` (a fleet folder is made if missing).
+
+    `tls=False` leaves the broker section without certificates, for plain test brokers.
+    `center_pub` is accepted for older callers; the bundle always carries the fleet's key.
+    """
+    del center_pub
+    own = not isinstance(fleet, Fleet)
+    f = Fleet.init(fleet, now_ms) if not isinstance(fleet, Fleet) else fleet
     try:
-        registry.add(device, public, now_ms)
+        request = enroll(out, now_ms, fleet_pin=f.fingerprint, force=True)
+        approved = f.approve(
+            request,
+            device,
+            now_ms,
+            tier=tier,
+            team=team,
+            plan=plan,
+            broker=(broker_host, broker_port),
+            replace=True,
+        )
+        installed = install(out, approved.bundle)
+    except RegistryError:
+        raise
+    except Exception as exc:
+        raise ProvisioningError(f"provisioning {device} in {out}: {exc}") from exc
     finally:
-        registry.close()
-    return DeviceFiles(device, out, config, key_path)
+        if own:
+            f.close()
+    if not tls:
+        text = installed.config.read_text(encoding="utf-8")
+        plain = [
+            ln for ln in text.splitlines() if not ln.startswith(("ca =", "cert =", "cert_key ="))
+        ]
+        installed.config.write_text("\n".join(plain) + "\n", encoding="utf-8")
+    return DeviceFiles(device, out, installed.config, out / SIGNING, approved.fingerprint)

@@ -8,16 +8,22 @@ With `persistence=True` the broker keeps its state (retained messages, persisten
 and their queued messages, subscriptions) in workdir/mosquitto.db, saved every second and
 at a clean stop, and reads it back when it starts again; a kill -9 loses what changed since
 the last save, as on a real server.
+
+With `tls_dir` (a folder from `picket provision broker-config`) the listener is the
+fleet's: TLS with client certificates, the certificate name as user, its ACL and CRL.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from provisioning.brokerconf import global_lines, tls_lines
 
 CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -47,12 +53,18 @@ def free_port() -> int:
 
 class Mosquitto:
     def __init__(
-        self, workdir: Path, port: int | None = None, *, persistence: bool = False
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        persistence: bool = False,
+        tls_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.persistence = persistence
+        self.tls_dir = tls_dir  # a `picket provision broker-config` folder: TLS, ACL, CRL
         self.exe = find_mosquitto()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -79,10 +91,16 @@ class Mosquitto:
         # Started as root, mosquitto switches to the `mosquitto` user, which cannot write the
         # log or the database in a folder root made: keep this private broker as who started it.
         user = "user root\n" if os.geteuid() == 0 else ""
+        if self.tls_dir is None:
+            security = f"listener {self.port} {self.host}\nallow_anonymous true\n"
+        else:
+            security = (
+                f"{global_lines(self.tls_dir)}listener {self.port} {self.host}\n"
+                f"{tls_lines(self.tls_dir)}"
+            )
         self.config_path.write_text(
-            f"listener {self.port} {self.host}\n"
+            f"{security}"
             f"{user}"
-            "allow_anonymous true\n"
             f"{persistence}"
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
@@ -123,6 +141,11 @@ class Mosquitto:
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads its configuration again (ACL, and the CRL on reconnects)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """kill -9: the broker vanishes without closing connections cleanly."""

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.config import AgentConfig, load_config
@@ -42,7 +42,9 @@ from agent.sync import SyncCore
 from agent.uplink import BrokerAddress, Uplink, UplinkOptions
 from center.audit import audit
 from picket.progress import Progress
+from provisioning.brokerconf import write_broker_config
 from provisioning.device import provision_device, registry_path
+from provisioning.fleet import Fleet
 from simulators.broker import Mosquitto
 from simulators.district import generate_district
 from simulators.faults import (
@@ -113,6 +115,7 @@ def device_id(i: int) -> str:
 
 
 async def _start_center(workdir: Path, broker: Mosquitto) -> asyncio.subprocess.Process:
+    tls_args = [] if broker.tls_dir is None else ["--tls", str(workdir / "center-tls")]
     with (workdir / "center.log").open("ab") as log:  # the process keeps its own copy
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -126,6 +129,7 @@ async def _start_center(workdir: Path, broker: Mosquitto) -> asyncio.subprocess.
             str(registry_path(workdir / "fleet")),
             "--broker",
             f"{broker.host}:{broker.port}",
+            *tls_args,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
         )
@@ -157,7 +161,12 @@ async def _stop_center(proc: asyncio.subprocess.Process) -> dict[str, object]:
 class _Fleet:
     """The devices, the broker and the center: what the demo runs and faults act on."""
 
-    def __init__(self, workdir: Path, plan: Plan, broker: Mosquitto, clock: VirtualClock) -> None:
+    def __init__(
+        self, workdir: Path, plan: Plan, broker: Mosquitto, clock: VirtualClock, trust: Fleet
+    ) -> None:
+        self.trust = trust  # the fleet's CA and keys: devices enroll against it
+        # Certificates are checked by a real broker against the real clock, not the virtual one.
+        self.issued_ms = int(time.time() * 1000)
         self.workdir = workdir
         self.plan = plan
         self.broker = broker
@@ -174,12 +183,13 @@ class _Fleet:
         for i in range(opts.devices):
             dev = device_id(i)
             files = provision_device(
-                self.workdir / "fleet",
+                self.trust,
                 dev,
                 self.workdir / "devices" / dev,
                 broker_host=self.broker.host,
                 broker_port=self.broker.port,
-                now_ms=SHIFT_START_MS,
+                now_ms=self.issued_ms,
+                tls=self.broker.tls_dir is not None,
             )
             cfg = load_config(files.config)
             rng = random.Random(opts.seed * 1_000_003 + i)
@@ -203,7 +213,7 @@ class _Fleet:
             ack_timeout_ms=ACK_TIMEOUT_MS,
             first_batch_id=random.getrandbits(31),
         )
-        uplink = Uplink(outbox, address, core=core, options=UPLINK)
+        uplink = Uplink(outbox, address, core=core, options=replace(UPLINK, tls=cfg.tls))
         agent = DeviceAgent(
             cfg.device, cfg.load_key(), self.plan, outbox, on_stored=uplink.on_stored
         )
@@ -349,10 +359,13 @@ async def run_demo(opts: DemoOptions, progress: Progress) -> dict[str, object]:
         faults = plan_faults(
             opts.faults, devices=opts.devices, shift_ms=int(opts.minutes * 60_000), seed=opts.seed
         )
-        broker = Mosquitto(workdir / "broker")
+        trust = stack.enter_context(Fleet.init(workdir / "fleet", int(time.time() * 1000)))
+        broker = Mosquitto(workdir / "broker", tls_dir=workdir / "broker-tls")
+        write_broker_config(trust, workdir / "broker-tls", broker.port, int(time.time() * 1000))
+        trust.issue_center(workdir / "center-tls", int(time.time() * 1000))
         await asyncio.to_thread(broker.start)
         stack.callback(broker.stop)
-        fleet = _Fleet(workdir, plan, broker, VirtualClock())
+        fleet = _Fleet(workdir, plan, broker, VirtualClock(), trust)
         async with contextlib.AsyncExitStack() as astack:
             proxies = await _start_proxies(faults, broker, astack)
             fleet.provision(opts, proxies)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from simulators.broker import Mosquitto
+from tests.peers import TlsFleet, tls_fleet_in
 
 REPO = Path(__file__).resolve().parents[1]
 # A verbatim copy of ../shared/corpus (see tests/corpus/SOURCES.md), so a clean clone has it.
@@ -19,6 +20,13 @@ CORPUS = REPO / "tests" / "corpus"
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     with Mosquitto(tmp_path / "broker") as b:
         yield b
+
+
+@pytest.fixture
+def tls_fleet(tmp_path: Path) -> Iterator[TlsFleet]:
+    """A fleet with its own TLS broker (client certificates, ACL, CRL): the real path."""
+    with tls_fleet_in(tmp_path) as f:
+        yield f
 
 
 @pytest.fixture(autouse=True)

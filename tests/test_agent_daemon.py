@@ -15,13 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from peers import running_center, wait_for
+from peers import TlsFleet, running_center, wait_for
 
 from agent.fix import TimeSource
 from agent.plan import Line, Plan, Point
 from agent.planfile import plan_to_geojson
-from provisioning.device import provision_device, registry_path
-from simulators.broker import Mosquitto
 from simulators.walker import Walker
 
 pytestmark = pytest.mark.integration
@@ -83,13 +81,9 @@ async def run_agent(config: Path, expect_records: int, db: Path) -> str:
 
 
 async def test_agent_checks_in_from_a_receiver_and_time_never_goes_back(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, tls_fleet: TlsFleet
 ) -> None:
-    fleet = tmp_path / "fleet"
-    files = provision_device(
-        fleet, "h0001", tmp_path / "h0001", broker_host=broker.host, broker_port=broker.port,
-        now_ms=MARCH,
-    )  # fmt: skip
+    files = tls_fleet.provision("h0001")  # over TLS, through the fleet's broker
     (files.directory / "plan.geojson").write_text(json.dumps(plan_to_geojson(PLAN)))
     march_log = tmp_path / "march.nmea"
     visits = walk(march_log, MARCH, 12, seed=1)
@@ -100,7 +94,8 @@ async def test_agent_checks_in_from_a_receiver_and_time_never_goes_back(
         + f'\n[gnss]\nsource = "file://{march_log}"\n'
     )
     db = tmp_path / "center.db"
-    async with running_center(tmp_path, registry_path(fleet), broker):
+    center = tls_fleet.center_context()
+    async with running_center(tmp_path, tls_fleet.registry, tls_fleet.broker, tls=center):
         log = await run_agent(files.config, visits, db)
         assert "GNSS finished" in log
         first = center_rows(db)

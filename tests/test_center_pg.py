@@ -31,7 +31,6 @@ from agent.protocol import Batch, Refusal, records_topic
 from agent.records import (
     ChainPosition,
     Eviction,
-    Record,
     RecordType,
     build,
     chain_hash,
@@ -326,7 +325,7 @@ def test_save_reports_a_verdict_per_record(target: Target) -> None:
     recs = chain("h0001", 3)
     send(Ingest(store, key_of), "h0001", recs[:2])
     checked = [check_record(r, "h0001", key_of("h0001")) for r in recs]
-    good = [c for c in checked if isinstance(c, Record)]
+    good = [c[0] for c in checked if isinstance(c, tuple)]
     assert len(good) == 3
     saved = store.save(good, [], T0)
     store.close()

@@ -68,10 +68,15 @@ def test_provision_device_writes_a_private_key_config_and_registry_entry(tmp_pat
         "--out", str(tmp_path / "h0042"), "--broker", "127.0.0.1:18830",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    key = tmp_path / "h0042" / "device.key"
-    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
-    cfg = load_config(tmp_path / "h0042" / "config.toml")
+    device = tmp_path / "h0042"
+    signing = device / "signing.key"  # records; device.key is the TLS key (device.crt's)
+    assert result.stdout.startswith(f"provisioned h0042: {device / 'config.toml'} (key {signing})")
+    for key in (signing, device / "device.key"):
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    cfg = load_config(device / "config.toml")
     assert (cfg.device, cfg.broker_host, cfg.broker_port) == ("h0042", "127.0.0.1", 18830)
+    assert cfg.key_path == signing
+    assert cfg.tls is not None and cfg.tls.key_path == device / "device.key"
     reg = Registry(tmp_path / "fleet" / "registry.db", readonly=True)
     public = reg.public_key("h0042")
     reg.close()

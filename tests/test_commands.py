@@ -614,7 +614,9 @@ def test_a_device_without_center_key_accepts_no_commands(tmp_path: Path) -> None
     files = provision_device(
         tmp_path / "fleet", DEVICE, tmp_path / DEVICE, broker_host="h", broker_port=1, now_ms=T0
     )
-    assert "center_key" not in files.config.read_text()
+    assert 'center_key = "center.pub"' in files.config.read_text()  # enrolled: trusts its fleet
+    text = files.config.read_text().replace('center_key = "center.pub"\n', "")
+    files.config.write_text(text)  # a hand-made config without the key
     assert load_config(files.config).load_center_key() is None
 
 

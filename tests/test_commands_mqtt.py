@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from peers import running_center, wait_for
+from peers import TlsFleet, running_center, wait_for
 
 from agent.cmdexec import CommandExecutor, bundle_agenda
 from agent.commands import CommandVerifier, Reminder, RollCall, TaskBundle, local_date
@@ -43,7 +43,6 @@ from picket.commandcmd import (
     roll_call_async,
 )
 from provisioning.center import create_center_key, load_center_key
-from provisioning.device import provision_device, registry_path
 from provisioning.registry import Registry
 from simulators.broker import Mosquitto, free_port
 from simulators.nmea import gga, rmc
@@ -246,21 +245,12 @@ def test_cli_refuses_bad_input_with_exit_2_and_an_unreachable_broker_with_1(
 
 
 async def test_the_daemon_carries_out_commands_and_restores_a_bundle_after_a_restart(
-    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, tls_fleet: TlsFleet, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent")
-    fleet = tmp_path / "fleet"
-    public = create_center_key(fleet)
-    center_key = load_center_key(fleet)
-    files = provision_device(
-        fleet,
-        "h0001",
-        tmp_path / "h0001",
-        broker_host=broker.host,
-        broker_port=broker.port,
-        now_ms=now_ms(),
-        center_pub=public,
-    )
+    center_key = tls_fleet.fleet.center_key
+    files = tls_fleet.provision("h0001")  # the center's key comes in the bundle
+    broker, center_tls = tls_fleet.broker, tls_fleet.center_context()
     (files.directory / "plan.geojson").write_text(json.dumps(plan_to_geojson(PLAN)))
     t = now_ms()
     nmea = tmp_path / "fix.nmea"
@@ -282,7 +272,7 @@ async def test_the_daemon_carries_out_commands_and_restores_a_bundle_after_a_res
     box.close()
     db = tmp_path / "center.db"
     today = local_date(now_ms(), 0)
-    async with running_center(tmp_path, registry_path(fleet), broker):
+    async with running_center(tmp_path, tls_fleet.registry, broker, tls=center_tls):
         run = AgentRun(cfg)
         task = asyncio.create_task(run.run(), name="agent")
         try:
@@ -291,7 +281,7 @@ async def test_the_daemon_carries_out_commands_and_restores_a_bundle_after_a_res
                     "h0001", TaskBundle(3, today, ("L1",)), now_ms=now_ms(), ttl_s=600
                 )
                 await wait_for(lambda: "agenda for" in caplog.text, 15, "the agent's first tick")
-                await publish(broker.host, broker.port, "h0001", bundle.raw)
+                await publish(broker.host, broker.port, "h0001", bundle.raw, tls=center_tls)
                 await wait_for(lambda: receipts(db), 15, "the receipt")
         finally:
             run.stop()

@@ -89,7 +89,7 @@ def test_batch_round_trip(batch: Batch) -> None:
         Ack(0, (), ()),
         Ack(1, (1, 2, 3), ()),
         Ack(2, (), ((5, Refusal.MALFORMED),)),
-        Ack(3, (10, 12), tuple((s, r) for s, r in zip((11, 13, 14, 15), Refusal, strict=True))),
+        Ack(3, (10, 12), tuple((s, r) for s, r in zip((11, 13, 14, 15, 16), Refusal, strict=True))),
         Ack(2**40, (2**40,), ((0, Refusal.WRONG_DEVICE),)),
     ],
 )
