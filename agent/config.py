@@ -38,6 +38,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.bridgelink import BridgeConfig, parse_bridge_section
 from agent.errors import LocalError
 from agent.protocol import DEVICE_ID
 from agent.uplink import UplinkTls
@@ -64,6 +65,7 @@ class AgentConfig:
     not_before: dt.date = DEFAULT_NOT_BEFORE
     center_key_path: Path | None = None
     tls: UplinkTls | None = None
+    bridge: BridgeConfig | None = None
 
     def load_center_key(self) -> Ed25519PublicKey | None:
         """The key that signs commands (None: no `center_key`, commands are not accepted)."""
@@ -154,7 +156,8 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path)
     base = path.parent
-    _only(doc, {"device", "key", "outbox", "plan", "team", "center_key", "broker", "gnss"}, where)
+    allowed = {"device", "key", "outbox", "plan", "team", "center_key", "broker", "gnss", "bridge"}
+    _only(doc, allowed, where)
     device = str(_get(doc, "device", str, where))
     if not DEVICE_ID.fullmatch(device):
         raise ConfigError(f"{where}: 'device' {device!r} is not a valid device id")
@@ -199,4 +202,5 @@ def load_config(path: Path) -> AgentConfig:
         not_before=not_before,
         center_key_path=None if center_key is None else base / center_key,
         tls=_tls(broker, base, f"{where} [broker]"),
+        bridge=parse_bridge_section(doc.get("bridge"), base, where),
     )

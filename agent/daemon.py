@@ -26,13 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent import rotation
+from agent.bridgelink import BridgeLink
 from agent.cmdexec import CommandExecutor
 from agent.commands import CommandVerifier
 from agent.config import AgentConfig
 from agent.device import DeviceAgent
 from agent.gnss.sources import GnssSource, SourceStatus, parse_source_url
 from agent.health import health_snapshot, store_health
-from agent.outbox import Outbox
+from agent.lorafallback import LoraFallback
+from agent.outbox import Outbox, Stored
 from agent.plan import Plan
 from agent.planfile import load_plan
 from agent.timekeeper import TimeKeeper
@@ -46,6 +48,16 @@ TICK_S = 5.0
 
 def monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
+
+
+def _chain(
+    first: Callable[[Stored], None], then: Callable[[Stored], None]
+) -> Callable[[Stored], None]:
+    def both(stored: Stored) -> None:
+        first(stored)
+        then(stored)
+
+    return both
 
 
 @dataclass(slots=True)
@@ -78,6 +90,12 @@ class AgentRun:
                 options=UplinkOptions(tls=cfg.tls),
             )
             agent = DeviceAgent(cfg.device, key, plan, outbox, on_stored=uplink.on_stored)
+            bridge: BridgeLink | None = None
+            fallback: LoraFallback | None = None
+            if cfg.bridge is not None:  # wraps agent.on_stored: SOS alerts, check-in beeps
+                bridge = BridgeLink(cfg.bridge, agent, clock=lambda: keeper.now(self.mono_ms()))
+                fallback = LoraFallback(bridge.bridge, uplink.connected.is_set)
+                agent.on_stored = _chain(agent.on_stored, fallback.on_stored)
             executor: CommandExecutor | None = None
             if center_key is not None:
                 executor = CommandExecutor(
@@ -100,11 +118,21 @@ class AgentRun:
                 health = tg.create_task(
                     self._health(keeper, agent, uplink, executor), name="health"
                 )
+                radio = (
+                    []
+                    if bridge is None or fallback is None
+                    else [
+                        tg.create_task(bridge.run(), name="bridge"),
+                        tg.create_task(fallback.run(), name="lora-fallback"),
+                    ]
+                )
                 await self.stop_event.wait()
                 reader.cancel()
                 clock.cancel()
                 ticker.cancel()
                 health.cancel()
+                for task in radio:
+                    task.cancel()
                 agent.finish(keeper.now(self.mono_ms()).time_ms)
                 self._write_time(keeper, outbox)
                 uplink.stop()

@@ -8,6 +8,7 @@ centimetre per hundred metres; it is cheap enough to run on every fix on a Pi Ze
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 EARTH_RADIUS_M = 6_371_008.8
 M_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0
@@ -34,3 +35,18 @@ def to_local(lat0: float, lon0: float, lat: float, lon: float) -> tuple[float, f
     north = (lat - lat0) * M_PER_DEG_LAT
     east = (lon - lon0) * M_PER_DEG_LAT * math.cos(math.radians(lat0))
     return north, east
+
+
+def point_in_ring(lat: float, lon: float, ring: Sequence[tuple[float, float]]) -> bool:
+    """Whether (lat, lon) is inside a polygon ring of (lon, lat) pairs (as GeoJSON orders
+    them), by ray casting; fine for zones of a district, where the earth is flat enough."""
+    inside = False
+    n = len(ring)
+    for i in range(n):
+        x1, y1 = ring[i]
+        x2, y2 = ring[(i + 1) % n]
+        if (y1 > lat) != (y2 > lat):
+            x = x1 + (lat - y1) * (x2 - x1) / (y2 - y1)
+            if lon < x:
+                inside = not inside
+    return inside

@@ -28,6 +28,12 @@ def records_topic(device: str) -> str:
     return f"{PREFIX}/{device}/up/records"
 
 
+def relayed_topic(device: str) -> str:
+    """Records of `device` relayed by someone else (a LoRa gateway): stored, never answered,
+    so a forged relay cannot make the device drop a record it still holds."""
+    return f"{PREFIX}/{device}/up/relayed"
+
+
 def ack_topic(device: str) -> str:
     return f"{PREFIX}/{device}/down/ack"
 
@@ -43,6 +49,7 @@ def state_topic(device: str) -> str:
 
 
 ALL_RECORDS = f"{PREFIX}/+/up/records"
+ALL_RELAYED = f"{PREFIX}/+/up/relayed"
 
 
 def device_of_topic(topic: str) -> str:

@@ -39,7 +39,7 @@ from typing import TypeVar
 import aiomqtt
 
 from agent.errors import RemoteError
-from agent.protocol import ALL_RECORDS, PREFIX, ack_topic, device_of_topic
+from agent.protocol import ALL_RECORDS, ALL_RELAYED, PREFIX, ack_topic, device_of_topic
 from center.ingest import Ingest, Trust
 from center.status import Presence
 from center.store import Store, StoreError, open_store
@@ -145,6 +145,7 @@ class CenterService:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.records_filter = shared(group, ALL_RECORDS)
+        self.relayed_filter = shared(group, ALL_RELAYED)
         self.store = store if store is not None else open_store(db)
         self._cache: KeyCache | None = None
         if key_of is None:
@@ -209,6 +210,7 @@ class CenterService:
             tls_context=self.tls,
         ) as client:
             await client.subscribe(self.records_filter, qos=1)
+            await client.subscribe(self.relayed_filter, qos=1)
             await client.subscribe(ALL_STATES, qos=1)
             self.ready.set()
             log.info("center subscribed to %s on %s:%d", self.records_filter, self.host, self.port)
@@ -221,6 +223,8 @@ class CenterService:
                     await self._note_state(topic, raw, now_ms, retained=message.retain)
                     continue
                 ack = await self._in_db(self.ingest.handle, topic, raw, now_ms)
+                if message.topic.matches(ALL_RELAYED):
+                    continue  # relayed (LoRa): stored, but the device did not send this batch
                 if ack is not None:  # after the COMMIT: the records are on disk
                     await client.publish(ack_topic(device_of_topic(topic)), ack.encode(), qos=1)
 

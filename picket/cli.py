@@ -13,11 +13,13 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from picket import (
     benchcmd,
+    bridgecmd,
     centercmd,
     centerstatus,
     checkincmd,
@@ -26,6 +28,7 @@ from picket import (
     plancmd,
     provisioncmd,
     rotatecmd,
+    simcmd,
 )
 from picket.argtypes import center_tls, positive_int, tls_dir
 
@@ -116,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     gps.add_parsers(sub)
     checkincmd.add_parsers(sub)
     plancmd.add_parsers(sub)
+    simcmd.add_parsers(sub)
     benchcmd.add_parsers(sub)
+    bridgecmd.add_parsers(sub)
 
     prov = sub.add_parser("provision", help="technician's tools").add_subparsers(
         dest="provision_command", required=True, metavar="COMMAND"
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    handlers = {
+    handlers: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
         ("demo", None): _cmd_demo,
         ("center", "run"): _cmd_center_run,
         ("agent", "run"): _cmd_agent_run,
@@ -232,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         ("center", "reminder"): commandcmd.reminder,
         ("center", "devices"): centercmd.devices,
         **provisioncmd.HANDLERS,
+        **bridgecmd.HANDLERS,
+        **simcmd.HANDLERS,
         ("provision", "rotate"): rotatecmd.rotate,
     }
     sub = getattr(args, f"{args.command}_command", None)

@@ -20,7 +20,7 @@ from pathlib import Path
 from agent.enroll import write_private, write_public
 from agent.protocol import PREFIX
 from provisioning import ca
-from provisioning.fleet import CENTER_CN, Fleet
+from provisioning.fleet import CENTER_CN, GATEWAY_CN, Fleet
 from provisioning.registry import ProvisioningError
 
 CENTER_GROUP = "picket-center"  # center/service.py DEFAULT_GROUP
@@ -34,6 +34,9 @@ def acl_text() -> str:
         f"topic read {PREFIX}/+/up/#\n"
         f"topic read $share/+/{PREFIX}/+/up/#\n"
         f"topic write {PREFIX}/+/down/#\n\n"
+        "# LoRa gateway bridges: relay the records they hear, answered by nobody\n"
+        f"user {GATEWAY_CN}\n"
+        f"topic write {PREFIX}/+/up/relayed\n\n"
         "# every device: publish under its own up/, subscribe under its own down/\n"
         f"pattern write {PREFIX}/%u/up/#\n"
         f"pattern read {PREFIX}/%u/down/#\n"

@@ -33,6 +33,8 @@ from provisioning.center import center_key_path, create_center_key, load_center_
 from provisioning.registry import ProvisioningError, Registry, fingerprint
 
 CENTER_CN = "picket-center"  # the center's certificate name, hence its broker user name
+GATEWAY_CN = "picket-gateway"  # a LoRa gateway bridge's (center/lora_gateway.py)
+RESERVED = (CENTER_CN, GATEWAY_CN)
 DEFAULT_BROKER_PORT = 8883
 HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?")  # names, IPv4, IPv6
 TIERS = ("street", "community", "grid", "dock")
@@ -48,8 +50,10 @@ def check_device_id(device: str) -> None:
             f"device id {device!r} must be 1-64 letters, digits, '.', '_' or '-' "
             "and start with a letter or digit"
         )
-    if device.startswith(CENTER_CN):
-        raise ProvisioningError(f"device id {device!r}: ids starting {CENTER_CN!r} are reserved")
+    if device.startswith(RESERVED):
+        raise ProvisioningError(
+            f"device id {device!r}: ids starting {' or '.join(map(repr, RESERVED))} are reserved"
+        )
 
 
 @dataclass(frozen=True, slots=True)

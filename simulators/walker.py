@@ -15,7 +15,9 @@ import math
 import random
 from dataclasses import dataclass
 
+from agent.fix import Fix, FixMode, Quality
 from agent.geo import distance_m, offset, to_local
+from agent.gnss.nmea import UERE_M
 from agent.plan import Line, Plan, Point
 from simulators.district import CLEARANCE_M, segment_distance
 from simulators.nmea import gga, rmc
@@ -26,6 +28,8 @@ NOISE_CLIP_M = 6.95  # "at most 7 m", with room for NMEA rounding
 ARRIVAL_SPOT_M = 2.0  # the walker stops this close (at most) to a point's centre
 JITTER_SIGMA_M = 0.15
 JITTER_CLIP_M = 0.5
+KNOT_MPS = 1852 / 3600  # RMC reports speed in knots, two decimals
+MAX_LEG_M = 2000.0  # no line has consecutive points further apart (districts keep to this)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,15 @@ class Walker:
         self._shift_end_ms = shift_end_ms
         self._stops: list[Point] = [plan.point(pid) for pid in line.point_ids]
         self._lat0, self._lon0 = self._stops[0].lat, self._stops[0].lon
-        self._xy = {p.id: to_local(self._lat0, self._lon0, p.lat, p.lon) for p in plan.points}
+        # Only points near the line matter to where the walker starts and when it is clear of
+        # geofences; in a district of hundreds of points the rest would cost every tick.
+        reach_m = MAX_LEG_M + 500.0
+        self._near = [
+            p
+            for p in plan.points
+            if any(distance_m(s.lat, s.lon, p.lat, p.lon) <= reach_m for s in self._stops)
+        ]
+        self._xy = {p.id: to_local(self._lat0, self._lon0, p.lat, p.lon) for p in self._near}
         self._pace = rng.uniform(1.1, 1.5)
         self._pos = self._start_spot()
         self._leg = 0
@@ -81,6 +93,11 @@ class Walker:
         self._visits: list[Visit] = []
         self._done = False
         self._true = offset(self._lat0, self._lon0, *self._pos)
+        # Faults a scenario applies (simulators/scenario.py): the receiver hears nothing,
+        # its error grows (an urban canyon), or a spoofer shifts what it reports.
+        self.outage = False
+        self.noise_scale = 1.0
+        self.spoof_m = (0.0, 0.0)
 
     @property
     def done(self) -> bool:
@@ -101,14 +118,11 @@ class Walker:
         for _ in range(200):
             bearing, dist = self._rng.uniform(0, 2 * math.pi), self._rng.uniform(100, 200)
             spot = (first[0] + dist * math.cos(bearing), first[1] + dist * math.sin(bearing))
-            if any(
-                math.dist(spot, self._xy[p.id]) <= p.radius_m + CLEARANCE_M
-                for p in self._plan.points
-            ):
+            if any(math.dist(spot, self._xy[p.id]) <= p.radius_m + CLEARANCE_M for p in self._near):
                 continue
             path_clear = all(
                 segment_distance(self._xy[p.id], spot, first) > p.radius_m + CLEARANCE_M
-                for p in self._plan.points
+                for p in self._near
                 if p.id != self._stops[0].id
             )
             if path_clear:
@@ -150,17 +164,17 @@ class Walker:
             self._pos = (self._pos[0] + dn * step / remaining, self._pos[1] + de * step / remaining)
 
     def _clear_of_points(self) -> bool:
-        lat, lon = self._true
-        return all(distance_m(lat, lon, p.lat, p.lon) > 2 * p.radius_m for p in self._plan.points)
+        here = self._pos  # the local frame: no trigonometry on a path walked every second
+        return all(math.dist(here, self._xy[p.id]) > 2 * p.radius_m for p in self._near)
 
     def _update_receiver(self, dt: float) -> None:
         rng = self._rng
         a = math.exp(-dt / NOISE_TAU_S)
-        s = NOISE_SIGMA_M * math.sqrt(1 - a * a)
+        s = NOISE_SIGMA_M * self.noise_scale * math.sqrt(1 - a * a)
         self._err = _clip(
             a * self._err[0] + s * rng.gauss(0, 1),
             a * self._err[1] + s * rng.gauss(0, 1),
-            NOISE_CLIP_M,
+            NOISE_CLIP_M * self.noise_scale,
         )
         self._hdop = min(
             1.4, max(0.8, self._hdop + 0.02 * (1.05 - self._hdop) + 0.03 * (rng.random() - 0.5))
@@ -169,10 +183,10 @@ class Walker:
             self._sats = min(14, max(8, self._sats + rng.choice((-1, 1))))
         self._alt += 0.02 * (250.0 - self._alt) + 0.3 * (rng.random() - 0.5)
 
-    def tick(self, now_ms: int) -> bytes:
-        """Advance to `now_ms` and return that second's GGA + RMC bytes (b"" once done)."""
+    def _advance(self, now_ms: int) -> tuple[float, float] | None:
+        """Walk to `now_ms`; the position the receiver reports then (None: done, or deaf)."""
         if self._done:
-            return b""
+            return None
         dt = max(0, now_ms - self._last_ms) / 1000.0
         self._last_ms = now_ms
         self._move(now_ms, dt)
@@ -180,12 +194,46 @@ class Walker:
         walking = self._dwell_until is None
         if now_ms >= self._shift_end_ms and walking and self._clear_of_points():
             self._done = True
-            return b""
+            return None
         self._update_receiver(dt)
-        lat, lon = offset(
-            self._lat0, self._lon0, self._pos[0] + self._err[0], self._pos[1] + self._err[1]
+        if self.outage:
+            return None
+        return offset(
+            self._lat0,
+            self._lon0,
+            self._pos[0] + self._err[0] + self.spoof_m[0],
+            self._pos[1] + self._err[1] + self.spoof_m[1],
         )
+
+    def tick(self, now_ms: int) -> bytes:
+        """Advance to `now_ms` and return that second's GGA + RMC bytes (b"" once done)."""
+        where = self._advance(now_ms)
+        if where is None:
+            return b""
+        lat, lon = where
         text = gga(
             now_ms, lat, lon, satellites=self._sats, hdop=self._hdop, altitude_m=self._alt
         ) + rmc(now_ms, lat, lon, speed_mps=self._speed, course_deg=self._course)
         return text.encode("ascii")
+
+    def fix(self, now_ms: int) -> Fix | None:
+        """`tick` without the text: the fix the agent's NMEA parser makes of that second's
+        GGA + RMC (same fields, rounded as NMEA rounds them), for fleets too large to parse
+        every sentence of every device (docs/fleet.md)."""
+        where = self._advance(now_ms)
+        if where is None:
+            return None
+        hdop = round(self._hdop, 2)
+        return Fix(
+            time_ms=now_ms,
+            lat=round(where[0] * 6_000_000) / 6_000_000,  # simulators/nmea.py: 1e-5 minute
+            lon=round(where[1] * 6_000_000) / 6_000_000,
+            accuracy_m=hdop * UERE_M,
+            hdop=hdop,
+            alt_m=round(self._alt, 1),
+            mode=FixMode.FIX_3D,
+            quality=Quality.GPS,
+            satellites=self._sats,
+            speed_mps=round(self._speed / KNOT_MPS, 2) * KNOT_MPS,
+            course_deg=round(self._course, 1),
+        )

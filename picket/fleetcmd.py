@@ -1,0 +1,111 @@
+"""`picket sim fleet`: arguments and printing around simulators/fleetrun.py.
+
+Exit codes as everywhere in `picket`: 0 the run ended with nothing lost or duplicated and
+every outbox drained, 1 it did not (the report says what), 2 bad input (a plan folder that
+is not a district, a scenario that does not parse, a shard or device count out of range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from picket.argtypes import positive_int
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _devices(text: str) -> int | None:
+    return None if text == "all" else positive_int(text)
+
+
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if not 0 < value <= 24:
+        raise argparse.ArgumentTypeError(f"{text} hours: a run is above 0 and at most 24 hours")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N (e.g. 0/4)")
+    return int(i), int(n)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", type=Path, required=True, help="a `picket sim district` folder")
+    p.add_argument("--devices", type=_devices, default=None, help="N or all (all)")
+    p.add_argument("--hours", type=_hours, default=1.0, help="length of the shift (1)")
+    p.add_argument("--seed", type=int, default=5, help="walkers and faults follow it (5)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes (one per core)")
+    p.add_argument("--scenario", type=Path, help="TOML timeline of faults (docs/scenarios.md)")
+    p.add_argument("--html", type=Path, help="also write the report as a self-contained page")
+    p.add_argument("--workdir", type=Path, help="keep devices, broker and center.db here")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="run slice I of N (docs/fleet.md)")
+    p.add_argument(
+        "--broker", type=_host_port, help="a shared broker (with --shard; its center runs apart)"
+    )
+    p.add_argument(
+        "--nmea-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="every N-th device's receiver sends NMEA text to the agent's parser; the others "
+        "hand the agent the fix the parser would make (10; 1: every device, 0: none)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object last")
+
+
+def fleet(args: argparse.Namespace) -> int:
+    from picket.progress import Progress
+    from simulators.fleetreport import public
+    from simulators.fleetrun import FleetError, FleetOptions, run_fleet
+    from simulators.roster import RosterError
+    from simulators.scenario import ScenarioError
+
+    if args.nmea_every < 0:
+        print("picket: error: --nmea-every must be 0 or more", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.broker is not None and args.workdir is None:
+        print("picket: error: --broker needs --workdir (the shared fleet folder)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    opts = FleetOptions(
+        plan_dir=args.plan,
+        devices=args.devices,
+        hours=args.hours,
+        seed=args.seed,
+        workers=args.workers or 0,
+        scenario=args.scenario,
+        workdir=args.workdir,
+        shard=args.shard,
+        broker=args.broker,
+        html=args.html,
+        nmea_every=args.nmea_every,
+    )
+    try:
+        report = public(asyncio.run(run_fleet(opts, Progress())))
+    except (FleetError, ScenarioError, RosterError) as exc:
+        print(f"picket: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        width = max(len(k) for k in report)
+        for k, v in report.items():
+            print(f"{k:<{width}}  {v}")
+    ok = report.get("records_lost") == 0 and report.get("records_duplicated") == 0
+    return EXIT_OK if ok and report.get("drained") else EXIT_FAILED

@@ -1,0 +1,404 @@
+"""One worker process of `picket sim fleet`: a slice of the district's devices.
+
+The parent (simulators/fleetrun.py) owns the virtual clock and the scenario; a worker
+runs the real agent code for its devices (provisioned here through the real enrollment
+path, then NMEA from a walker → parser → engine → signed records → SQLite outbox → TLS
+MQTT uplink) and moves their time forward only when told to, so every worker and every
+fault sees the same virtual moment. The conversation is JSON lines: commands on stdin,
+one answer per command on stdout (docs/fleet.md lists them). Everything a device does is
+a function of the seed and its index, never of which worker runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from agent.config import AgentConfig, load_config
+from agent.device import DeviceAgent
+from agent.fix import TimeSource
+from agent.health import health_snapshot, store_health
+from agent.outbox import Outbox, Stored
+from agent.planfile import load_plan
+from agent.protocol import MAX_BATCH, Batch, records_topic
+from agent.records import RecordType
+from agent.sync import SyncCore
+from agent.uplink import BrokerAddress, Uplink, UplinkOptions
+from provisioning.device import provision_device
+from provisioning.fleet import Fleet
+from simulators.walker import Walker
+
+HEALTH_EVERY_MS = 300_000
+# Real-time settings for thousands of uplinks on one loaded machine: TLS handshakes and
+# acknowledgements queue behind the simulation, so timeouts are generous and backoff short.
+# The sender wakes for every new record anyway; its poll only expires unanswered batches,
+# and thousands of uplinks polling every second cost a worker a tenth of a core.
+UPLINK = UplinkOptions(
+    keepalive_s=20, connect_timeout_s=20.0, publish_timeout_s=20.0, backoff_max_s=4.0, poll_s=5.0
+)
+ACK_TIMEOUT_MS = 20_000
+RECENT = 16  # records kept per device for duplicate-delivery faults
+
+
+@dataclass(slots=True)
+class SimDevice:
+    id: str
+    index: int
+    tier: str
+    config: AgentConfig
+    walker: Walker
+    agent: DeviceAgent | None = None
+    uplink: Uplink | None = None
+    task: asyncio.Task[None] | None = None
+    alive: bool = True
+    link_up: bool = True
+    started_ms: int = 0
+    created: Counter[RecordType] = field(default_factory=Counter)  # by agents before this one
+    nmea_errors: int = 0
+    abandoned: list[Outbox] = field(default_factory=list)
+    recent: list[bytes] = field(default_factory=list)
+    cold_until_ms: int = 0  # no GNSS until then (a restart with the clock reset)
+    nmea: bool = True  # through the NMEA text and the parser, or the parsed fix directly
+
+    def checkins(self) -> int:
+        now = self.agent.created[RecordType.CHECKIN] if self.agent else 0
+        return self.created[RecordType.CHECKIN] + now
+
+
+class Worker:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.workdir = Path(spec["workdir"])
+        self.plan = load_plan(Path(spec["plan"]))
+        self.start_ms = int(spec["start_ms"])
+        self.end_ms = int(spec["end_ms"])
+        self.now_ms = self.start_ms
+        self.broker = BrokerAddress(spec["broker_host"], int(spec["broker_port"]))
+        self.devices: list[SimDevice] = []
+        self.latency: list[tuple[str, int, int]] = []  # (device, seq, wall ms stored)
+        self.tg: asyncio.TaskGroup | None = None
+
+    # -- setting up -----------------------------------------------------------------------
+
+    def provision(self) -> None:
+        lines = {ln.id: ln for ln in self.plan.lines}
+        seed = int(self.spec["seed"])
+        issued = int(time.time() * 1000)  # certificates meet the real broker's clock
+        with Fleet(Path(self.spec["fleet"])) as fleet:
+            for m in self.spec["devices"]:
+                files = provision_device(
+                    fleet,
+                    m["id"],
+                    self.workdir / "devices" / m["id"],
+                    broker_host=self.broker.host,
+                    broker_port=self.broker.port,
+                    now_ms=issued,
+                    tier=m["tier"],
+                    team=m.get("team"),
+                )
+                cfg = load_config(files.config)
+                rng = random.Random(seed * 1_000_003 + int(m["index"]))
+                # members set off over the first ten minutes, as a shift does
+                start = self.start_ms + rng.randrange(0, 600) * 1000
+                walker = Walker(m["id"], self.plan, lines[m["line"]], rng, start, self.end_ms)
+                d = SimDevice(m["id"], int(m["index"]), m["tier"], cfg, walker)
+                every = int(self.spec.get("nmea_every", 1))
+                d.nmea = every > 0 and int(m["index"]) % every == 0
+                self.devices.append(d)
+
+    def _uplink(self, d: SimDevice, outbox: Outbox) -> Uplink:
+        core = SyncCore(
+            batch_size=32,
+            max_batch_size=MAX_BATCH,
+            ack_timeout_ms=ACK_TIMEOUT_MS,
+            first_batch_id=random.getrandbits(31),
+        )
+        return Uplink(outbox, self.broker, core=core, options=replace(UPLINK, tls=d.config.tls))
+
+    def _hook(self, d: SimDevice, uplink: Uplink) -> Callable[[Stored], None]:
+        """What happens to each stored record: it wakes the uplink, a check-in's wall time
+        is noted (latency), and the newest are kept for duplicate deliveries."""
+
+        def stored(s: Stored) -> None:
+            uplink.on_stored(s)
+            if s.type is RecordType.CHECKIN:
+                self.latency.append((d.id, s.seq, int(time.time() * 1000)))
+            d.recent = [*d.recent[-(RECENT - 1) :], s.raw]
+
+        return stored
+
+    def boot(self, d: SimDevice) -> None:
+        """What the daemon does at start: open the outbox, count a boot, make the agent."""
+        outbox = Outbox(d.config.outbox_path, d.id)
+        outbox.begin_boot()
+        d.uplink = self._uplink(d, outbox)
+        hook = self._hook(d, d.uplink)
+        d.agent = DeviceAgent(d.id, d.config.load_key(), self.plan, outbox, on_stored=hook)
+        d.started_ms = self.now_ms
+        d.alive = True
+
+    def spawn(self, d: SimDevice) -> None:
+        assert self.tg is not None and d.uplink is not None
+        if d.link_up:
+            d.task = self.tg.create_task(d.uplink.run(), name=f"uplink-{d.id}")
+
+    # -- the simulation -------------------------------------------------------------------
+
+    async def advance(self, to_ms: int) -> None:
+        t = self.now_ms
+        while t < to_ms:
+            t += 1000
+            for d in self.devices:
+                if not d.nmea:  # the fix the parser would make, without the text
+                    fix = d.walker.fix(t)
+                    if d.alive and d.agent is not None and fix and t >= d.cold_until_ms:
+                        d.agent.on_fix(fix)
+                else:
+                    data = d.walker.tick(t)
+                    if d.alive and d.agent is not None and data and t >= d.cold_until_ms:
+                        d.agent.on_nmea(data)
+                if not d.alive or d.agent is None:
+                    continue
+                if (t - d.started_ms) % HEALTH_EVERY_MS == 0 and t >= d.cold_until_ms:
+                    self.store_health(d, t)
+            self.now_ms = t
+            await asyncio.sleep(0)  # the uplinks and their acknowledgements run between seconds
+
+    def store_health(self, d: SimDevice, t_ms: int) -> None:
+        assert d.agent is not None and d.uplink is not None
+        fix = d.agent.last_fix
+        source = fix.time_source if fix else TimeSource.NONE
+        body = health_snapshot(
+            now_ms=t_ms,
+            outbox_depth=d.agent.outbox.depth(),
+            clock_source=source,
+            fix=fix,
+            now_mono_ms=t_ms,
+            started_mono_ms=d.started_ms,
+        )
+        s = store_health(d.agent.outbox, d.agent.key, body, time_ms=t_ms, time_source=source)
+        d.agent.created[RecordType.HEALTH] += 1
+        d.agent.on_stored(s)
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def _pick(self, ids: list[str]) -> list[SimDevice]:
+        wanted = set(ids)
+        return [d for d in self.devices if d.id in wanted]
+
+    def kill(self, d: SimDevice) -> None:
+        """kill -9 of the daemon: the uplink dies, the open visit is forgotten, the outbox
+        connection is dropped without a close."""
+        if not d.alive or d.agent is None:
+            return
+        d.alive = False
+        if d.task is not None:
+            d.task.cancel()
+        d.created.update(d.agent.created)
+        d.nmea_errors += d.agent.parser.stats.bad_checksum + d.agent.parser.stats.malformed
+        d.abandoned.append(d.agent.outbox)
+        d.agent = None
+
+    def restart(self, d: SimDevice, cold_s: int) -> None:
+        if d.alive:
+            return
+        self.boot(d)
+        d.cold_until_ms = self.now_ms + cold_s * 1000
+        self.spawn(d)
+
+    async def set_link(self, d: SimDevice, up: bool) -> None:
+        if d.link_up == up:
+            return
+        d.link_up = up
+        if not up:
+            if d.uplink is not None:
+                d.uplink.stop()
+            if d.task is not None:
+                await asyncio.wait_for(d.task, 30)
+                d.task = None
+        elif d.alive and d.agent is not None:
+            # a new connection, as after coverage returns; the outbox is the same
+            d.uplink = self._uplink(d, d.agent.outbox)
+            d.agent.on_stored = self._hook(d, d.uplink)
+            self.spawn(d)
+
+    async def duplicate(self, d: SimDevice) -> int:
+        """Deliver the device's recent records again (a gateway or broker repeating itself)."""
+        if not d.recent or d.config.tls is None:
+            return 0
+        batch = Batch(random.getrandbits(31), tuple(d.recent)).encode()
+        async with aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            identifier=f"dup-{d.id}-{random.getrandbits(16)}",
+            tls_context=d.config.tls.context(),
+            timeout=20,
+        ) as client:
+            await client.publish(records_topic(d.id), batch, qos=1)
+        return len(d.recent)
+
+    def gnss(self, d: SimDevice, *, outage: bool | None, noise: float | None) -> None:
+        if outage is not None:
+            d.walker.outage = outage
+        if noise is not None:
+            d.walker.noise_scale = noise
+
+    # -- reports --------------------------------------------------------------------------
+
+    def queued(self) -> int:
+        return sum(d.agent.outbox.depth() for d in self.devices if d.agent is not None)
+
+    def checkins(self) -> int:
+        return sum(d.checkins() for d in self.devices)
+
+    def final(self) -> dict[str, Any]:
+        out = []
+        for d in self.devices:
+            made = Counter(d.created)
+            if d.agent is not None:
+                made.update(d.agent.created)
+            out.append(
+                {
+                    "id": d.id,
+                    "tier": d.tier,
+                    "last_seq": d.agent.outbox.last_seq if d.agent is not None else 0,
+                    "checkins": made[RecordType.CHECKIN],
+                    "missed": made[RecordType.MISSED],
+                    "suspicions": made[RecordType.SUSPICION],
+                    "visits": [[v.point_id, v.arrival_ms] for v in d.walker.visits],
+                    "line": self.walker_line(d),
+                    "nmea": d.nmea,
+                    "nmea_errors": d.nmea_errors
+                    + (
+                        d.agent.parser.stats.bad_checksum + d.agent.parser.stats.malformed
+                        if d.agent is not None
+                        else 0
+                    ),
+                }
+            )
+        path = self.workdir / f"latency-{self.spec['worker']}.json"
+        path.write_text(json.dumps(self.latency), encoding="utf-8")
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "devices": out,
+            "latency_file": str(path),
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_kib": usage.ru_maxrss,
+        }
+
+    def walker_line(self, d: SimDevice) -> str:
+        for m in self.spec["devices"]:
+            if m["id"] == d.id:
+                return str(m["line"])
+        return ""
+
+    # -- the conversation with the parent ---------------------------------------------------
+
+    async def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912 - one branch per op
+        op = cmd["op"]
+        picked = self._pick(cmd.get("devices", []))
+        if op == "advance":
+            await self.advance(int(cmd["to_ms"]))
+            walking = sum(1 for d in self.devices if not d.walker.done)
+            return {"op": "at", "t_ms": self.now_ms, "checkins": self.checkins(),
+                    "queued": self.queued(), "walking": walking}  # fmt: skip
+        if op == "duplicate":
+            return {"op": "done", "sent": sum([await self.duplicate(d) for d in picked])}
+        if op == "link":
+            for d in picked:
+                await self.set_link(d, bool(cmd["up"]))
+            return {"op": "done"}
+        if op == "positions":
+            where = {d.id: list(d.walker.true_position) for d in self.devices}
+            return {"op": "positions", "positions": where}
+        if op == "queued":
+            down = sum(1 for d in self.devices if not d.alive or not d.link_up)
+            return {"op": "queued", "queued": self.queued(), "down": down}
+        if op == "finish":
+            for d in self.devices:
+                if d.agent is not None:
+                    d.agent.finish()
+            return {"op": "done", "checkins": self.checkins(), "queued": self.queued()}
+        for d in picked:
+            if op == "kill":
+                self.kill(d)
+            elif op == "restart":
+                self.restart(d, int(cmd.get("cold_s", 0)))
+            elif op == "gnss":
+                self.gnss(d, outage=cmd.get("outage"), noise=cmd.get("noise"))
+            elif op == "spoof":
+                d.walker.spoof_m = (float(cmd["north_m"]), float(cmd["east_m"]))
+            else:
+                return {"op": "error", "error": f"unknown op {op!r}"}
+        return {"op": "done"}
+
+    async def stop(self) -> dict[str, Any]:
+        for d in self.devices:
+            if d.uplink is not None:
+                d.uplink.stop()
+        tasks = [d.task for d in self.devices if d.task is not None]
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+        final = {"op": "final", **self.final()}
+        for d in self.devices:
+            if d.agent is not None:
+                d.agent.outbox.close()
+            for box in d.abandoned:
+                box.close()
+        return final
+
+
+async def serve(spec: dict[str, Any]) -> None:
+    w = Worker(spec)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def say(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    await asyncio.to_thread(w.provision)
+    async with asyncio.TaskGroup() as tg:
+        w.tg = tg
+        for d in w.devices:
+            w.boot(d)
+            w.spawn(d)
+        say({"op": "ready", "devices": len(w.devices)})
+        while line := await reader.readline():
+            cmd = json.loads(line)
+            if cmd["op"] == "stop":
+                say(await w.stop())
+                break
+            say(await w.handle(cmd))
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    profile = os.environ.get("PICKET_FLEET_PROFILE")  # a folder: write one profile per worker
+    if not profile:
+        asyncio.run(serve(spec))
+        return
+    import cProfile
+
+    cProfile.runctx(
+        "asyncio.run(serve(spec))",
+        globals(),
+        {"spec": spec, "asyncio": asyncio, "serve": serve},
+        str(Path(profile) / f"worker-{spec['worker']}.prof"),
+    )
+
+
+if __name__ == "__main__":
+    main()
