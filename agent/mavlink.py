@@ -61,7 +61,8 @@ from agent.errors import LocalError
 from agent.fix import Fix, FixMode, Quality, TimeSource
 from agent.gnss.nmea import UERE_M
 from agent.gnss.sources import SourceState, SourceStatus
-from agent.gnss.transports import STANDARD_BAUDS, SerialLink, describe
+from agent.gnss.transports import SerialLink
+from agent.serialport import STANDARD_BAUDS, describe
 
 log = logging.getLogger(__name__)
 

@@ -51,19 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 
 from agent.cose import decode_sign1, strict_loads
-from agent.enroll import write_private, write_public
 from agent.errors import RecordError
 from agent.protocol import DEVICE_ID, PREFIX, Batch, relayed_topic
 from agent.records import Key
 from agent.uplink import UplinkTls
 from firmware_bridge import messages
 from firmware_bridge.lora import KIND_RECORD, split_packet
-from provisioning import ca
 from provisioning.fleet import GATEWAY_CN, Fleet
 
 log = logging.getLogger(__name__)
@@ -85,18 +80,7 @@ def gateway_acl() -> str:
 def issue_gateway(fleet: Fleet, out: Path, now_ms: int) -> Path:
     """The gateway's client certificate and key (made here, like the center's), with the CA,
     in `out`: gateway.crt, gateway.key, ca.crt."""
-    out.mkdir(parents=True, exist_ok=True)
-    key = ca.new_tls_key()
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GATEWAY_CN)]))
-        .sign(key, hashes.SHA256())
-    )
-    cert = ca.issue_client(fleet.ca_key(), fleet.ca_cert, GATEWAY_CN, csr, now_ms)
-    write_private(out / "gateway.key", ca.key_pem(key))
-    write_public(out / "gateway.crt", ca.pem(cert))
-    write_public(out / "ca.crt", ca.pem(fleet.ca_cert))
-    return out
+    return fleet.issue_service(GATEWAY_CN, "gateway", out, now_ms)
 
 
 def gateway_tls(folder: Path) -> ssl.SSLContext:

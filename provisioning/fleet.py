@@ -219,17 +219,25 @@ class Fleet:
 
     def issue_center(self, out: Path, now_ms: int) -> Path:
         """The center's client certificate and key (generated here: the center is the
-        fleet's own machine), with the CA, in `out`."""
+        fleet's own machine), with the CA, in `out`: center.crt, center.key, ca.crt."""
+        return self.issue_service(CENTER_CN, "center", out, now_ms)
+
+    def issue_service(self, cn: str, stem: str, out: Path, now_ms: int) -> Path:
+        """A fleet service's client identity (the center, a LoRa gateway): its key made
+        here, its certificate named `cn` (its broker user name), and the CA, in `out` as
+        STEM.key (0600), STEM.crt and ca.crt."""
+        if cn not in RESERVED:
+            raise ProvisioningError(f"{cn!r} is not a fleet service ({', '.join(RESERVED)})")
         out.mkdir(parents=True, exist_ok=True)
         key = ca.new_tls_key()
         csr = (
             x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CENTER_CN)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .sign(key, hashes.SHA256())
         )
-        cert = ca.issue_client(self.ca_key(), self.ca_cert, CENTER_CN, csr, now_ms)
-        write_private(out / "center.key", ca.key_pem(key))
-        write_public(out / "center.crt", ca.pem(cert))
+        cert = ca.issue_client(self.ca_key(), self.ca_cert, cn, csr, now_ms)
+        write_private(out / f"{stem}.key", ca.key_pem(key))
+        write_public(out / f"{stem}.crt", ca.pem(cert))
         write_public(out / "ca.crt", ca.pem(self.ca_cert))
         return out
 

@@ -38,7 +38,6 @@ from agent.gnss.transports import (
     Link,
     SerialLink,
     StreamLink,
-    describe,
 )
 from agent.gnss.urls import (
     Pace,
@@ -47,6 +46,7 @@ from agent.gnss.urls import (
     SourceSpec,
     parse_source_url,
 )
+from agent.serialport import describe
 
 log = logging.getLogger(__name__)
 

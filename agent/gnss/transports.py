@@ -21,14 +21,14 @@ import asyncio
 import errno
 import os
 import socket
-import termios
 from typing import BinaryIO, Protocol
+
+from agent.serialport import configure_raw
 
 READ_SIZE = 4096
 FILE_CHUNK = 65_536
 CONNECT_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 10.0
-STANDARD_BAUDS = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 
 class Link(Protocol):
@@ -40,11 +40,6 @@ class Link(Protocol):
     async def read(self) -> bytes: ...
 
     def close(self) -> None: ...
-
-
-def describe(where: str, exc: OSError) -> str:
-    """An OSError as a user reads it: "/dev/ttyUSB0: No such file or directory"."""
-    return f"{where}: {exc.strerror or str(exc) or type(exc).__name__}"
 
 
 class SerialLink:
@@ -89,37 +84,6 @@ class SerialLink:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
-
-
-def configure_raw(fd: int, baud: int) -> None:
-    """cfmakeraw() plus 8N1, no flow control, modem lines ignored, `baud` both ways."""
-    speed = getattr(termios, f"B{baud}", None)
-    if baud not in STANDARD_BAUDS or not isinstance(speed, int):
-        raise OSError(errno.EINVAL, f"baud rate {baud} is not supported")
-    try:
-        iflag, oflag, cflag, lflag, _ispeed, _ospeed, cc = termios.tcgetattr(fd)
-        iflag &= ~(
-            termios.IGNBRK
-            | termios.BRKINT
-            | termios.PARMRK
-            | termios.ISTRIP
-            | termios.INLCR
-            | termios.IGNCR
-            | termios.ICRNL
-            | termios.IXON
-            | termios.IXOFF
-            | termios.IXANY
-        )
-        oflag &= ~termios.OPOST
-        lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
-        cflag &= ~(termios.CSIZE | termios.PARENB | termios.CSTOPB | termios.CRTSCTS)
-        cflag |= termios.CS8 | termios.CREAD | termios.CLOCAL
-        cc[termios.VMIN] = 1
-        cc[termios.VTIME] = 0
-        termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, speed, speed, cc])
-    except termios.error as exc:  # not an OSError subclass, but carries (errno, text)
-        code, text = exc.args
-        raise OSError(code, text) from exc
 
 
 class StreamLink:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from agent.errors import LocalError
-from agent.gnss.transports import STANDARD_BAUDS
+from agent.serialport import STANDARD_BAUDS
 
 DEFAULT_BAUD = 9600
 GPSD_PORT = 2947
