@@ -40,6 +40,7 @@ from pathlib import Path
 
 from agent import rotation
 from agent.commands import (
+    DOCK_COMMANDS,
     Command,
     CommandVerifier,
     ConfigChange,
@@ -204,7 +205,7 @@ class CommandExecutor:
         body = verdict.body
         if isinstance(body, RotateKeys):
             return self._rotate(raw, stamp, verdict, body)
-        problem = bundle_problem(self.agent.plan, body) if isinstance(body, TaskBundle) else None
+        problem = self.problem(verdict)
         if problem is not None:
             return self._answer(raw, stamp, verdict.number, verdict.type, problem)
         answer: Mapping[int, object] | None = None
@@ -214,6 +215,15 @@ class CommandExecutor:
         self._remember(verdict)
         self._apply(verdict, now)
         return handled
+
+    def problem(self, command: Command) -> str | None:
+        """Why this device cannot carry out `command` now (None: it can): the receipt's
+        reason. A dock's executor (agent/dockexec.py) judges the dock's commands."""
+        if isinstance(command.body, TaskBundle):
+            return bundle_problem(self.agent.plan, command.body)
+        if command.type in DOCK_COMMANDS:
+            return "this device is not a dock"
+        return None
 
     def _answer(
         self,

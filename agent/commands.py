@@ -20,7 +20,9 @@ that says more than the device understands must not be carried out halfway.
 A key rotation (`RotateKeys`) is checked here only for its shape (a DER X.509
 certificate); whether the certificate fits this device (its CA, its next TLS key, its
 name) depends on the device's files and is judged by agent/rotation.py, like a task
-bundle's lines are judged against the device's plan.
+bundle's lines are judged against the device's plan. Likewise a dock's commands (`FlyLine`,
+`AbortMission`): here only their shape; whether the drone can fly is the dock's judgement
+(agent/dock.py), given its battery, the wind and the drone's state at that moment.
 """
 
 from __future__ import annotations
@@ -42,14 +44,18 @@ from agent.protocol import DEVICE_ID
 
 __all__ = [
     "CHALLENGE_LEN",
+    "DOCK_COMMANDS",
     "MAX_TEXT",
     "SETTINGS",
+    "AbortMission",
     "Body",
     "Command",
     "CommandKey",
     "CommandType",
     "CommandVerifier",
     "ConfigChange",
+    "FlyLine",
+    "Priority",
     "Reason",
     "Refusal",
     "Reminder",
@@ -79,6 +85,20 @@ class CommandType(enum.IntEnum):
     REMINDER = 3
     CONFIG_CHANGE = 4
     ROTATE_KEYS = 5
+    FLY_LINE = 6  # docks only: fly an aerial line now
+    ABORT_MISSION = 7  # docks only: bring the drone home now
+
+
+# Commands only a dock carries out; any other device refuses them.
+DOCK_COMMANDS = frozenset({CommandType.FLY_LINE, CommandType.ABORT_MISSION})
+
+
+class Priority(enum.IntEnum):
+    """Why a line is flown (FLY_LINE key 17); carried into the mission's summary record."""
+
+    ROUTINE = 0
+    CROWD = 1
+    FIRE = 2
 
 
 class CommandKey(enum.IntEnum):
@@ -132,7 +152,23 @@ class RotateKeys:
     cert: bytes
 
 
-Body = TaskBundle | RollCall | Reminder | ConfigChange | RotateKeys
+@dataclass(frozen=True, slots=True)
+class FlyLine:
+    """A dock: launch the drone over this aerial line of the dock's plan."""
+
+    line: str
+    priority: Priority = Priority.ROUTINE
+
+
+@dataclass(frozen=True, slots=True)
+class AbortMission:
+    """A dock: end the mission in flight and bring the drone home.
+
+    No keys of its own: numbers only go up, so an abort can only reach the dock after the
+    FLY_LINE the center meant it for, never after a later one."""
+
+
+Body = TaskBundle | RollCall | Reminder | ConfigChange | RotateKeys | FlyLine | AbortMission
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +267,10 @@ def body_type(body: Body) -> CommandType:
         return CommandType.REMINDER
     if isinstance(body, RotateKeys):
         return CommandType.ROTATE_KEYS
+    if isinstance(body, FlyLine):
+        return CommandType.FLY_LINE
+    if isinstance(body, AbortMission):
+        return CommandType.ABORT_MISSION
     return CommandType.CONFIG_CHANGE
 
 
@@ -243,6 +283,10 @@ def _body_map(body: Body) -> dict[int, object]:
         return {16: body.text}
     if isinstance(body, RotateKeys):
         return {16: body.cert}
+    if isinstance(body, FlyLine):
+        return {16: body.line, 17: int(body.priority)}
+    if isinstance(body, AbortMission):
+        return {}
     return {16: dict(body.settings)}
 
 
@@ -370,6 +414,22 @@ def _rotate_keys(m: Mapping[object, object]) -> Body:
     return RotateKeys(cert)
 
 
+def _fly_line(m: Mapping[object, object]) -> Body:
+    _only(m, (16, 17))
+    line, priority = m.get(16), m.get(17)
+    if not isinstance(line, str) or not DEVICE_ID.fullmatch(line):
+        raise _Invalid("fly line: key 16 must be a line id")
+    if not _uint(priority) or priority not in set(Priority):
+        raise _Invalid(f"fly line: key 17 must be a priority 0..{max(Priority)}")
+    assert isinstance(priority, int)
+    return FlyLine(line, Priority(priority))
+
+
+def _abort_mission(m: Mapping[object, object]) -> Body:
+    _only(m, ())
+    return AbortMission()
+
+
 # Command type -> the reader of its type-specific keys (they raise _Invalid).
 BODY_READERS: Mapping[CommandType, Callable[[Mapping[object, object]], Body]] = {
     CommandType.TASK_BUNDLE: _task_bundle,
@@ -377,6 +437,8 @@ BODY_READERS: Mapping[CommandType, Callable[[Mapping[object, object]], Body]] = 
     CommandType.REMINDER: _reminder,
     CommandType.CONFIG_CHANGE: _config_change,
     CommandType.ROTATE_KEYS: _rotate_keys,
+    CommandType.FLY_LINE: _fly_line,
+    CommandType.ABORT_MISSION: _abort_mission,
 }
 
 

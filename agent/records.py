@@ -7,7 +7,8 @@ to check the type-specific keys against `BODY_SCHEMA`, a data table that mirrors
 in docs/records.md (a record can be correctly signed and still malformed).
 
 Body builders are small functions from values to `{key: value}`; the check-in, missed
-point and suspicion builders live beside the engine events they read (agent/device.py).
+point and suspicion builders live beside the engine events they read (agent/device.py),
+the dock state and mission builders beside the dock's state machine (agent/dock.py).
 
 `build` lays out the COSE_Sign1 bytes itself instead of calling `agent.cose.sign1`:
 the protected header, the Sig_structure prefix and the envelope prefix are constants, so
@@ -44,6 +45,8 @@ class RecordType(enum.IntEnum):
     ALERT = 6
     RECEIPT = 7
     DROPPED = 8
+    DOCK_STATE = 9
+    MISSION = 10
 
 
 class Key(enum.IntEnum):
@@ -68,6 +71,7 @@ class CheckinKey(enum.IntEnum):
     FIXES = 22
     VERDICT = 23
     MAX_SPEED_DMPS = 24
+    DRONE = 25  # an aerial check-in: the drone that flew it (a dock writes it)
 
 
 class MissedKey(enum.IntEnum):
@@ -128,6 +132,25 @@ class DroppedKey(enum.IntEnum):
     LAST_SEQ = 18
     BYTES = 19
     TYPES = 20
+
+
+class DockStateKey(enum.IntEnum):
+    STATE = 16
+    PREVIOUS = 17
+    REASON = 18
+    BATTERY_PCT = 19
+    LINE = 20
+
+
+class MissionKey(enum.IntEnum):
+    LINE = 16
+    COMMAND = 17
+    OUTCOME = 18
+    REACHED = 19
+    MISSED = 20
+    FLIGHT_S = 21
+    BATTERY_USED_PCT = 22
+    PRIORITY = 23
 
 
 class Verdict(enum.IntEnum):
@@ -308,6 +331,7 @@ class Kind(enum.Enum):
     PERCENT = "an unsigned integer up to 100"
     CHALLENGE = "a byte string or an unsigned integer"
     TYPES = "an array of unsigned integers"
+    IDS = "an array of text"
     KEY = "a byte string of 32 bytes"
     BYTES = "a non-empty byte string"
 
@@ -321,6 +345,8 @@ def _fits(kind: Kind, v: object) -> bool:
         return isinstance(v, bytes) or (isinstance(v, int) and v >= 0)
     if kind is Kind.TYPES:
         return isinstance(v, list | tuple) and all(_fits(Kind.UINT, t) for t in v)
+    if kind is Kind.IDS:
+        return isinstance(v, list | tuple) and all(isinstance(t, str) for t in v)
     if kind is Kind.KEY:
         return isinstance(v, bytes) and len(v) == 32
     if kind is Kind.BYTES:
@@ -360,6 +386,7 @@ BODY_SCHEMA: Mapping[RecordType, Mapping[int, Field]] = {
         CheckinKey.FIXES: Field("fixes", Kind.UINT),
         CheckinKey.VERDICT: Field("verdict", Kind.UINT),
         CheckinKey.MAX_SPEED_DMPS: Field("max speed", Kind.UINT),
+        CheckinKey.DRONE: Field("drone", Kind.TEXT),
     },
     RecordType.MISSED: {
         MissedKey.POINT: _req("point", Kind.TEXT),
@@ -414,6 +441,23 @@ BODY_SCHEMA: Mapping[RecordType, Mapping[int, Field]] = {
         DroppedKey.BYTES: _req("bytes", Kind.UINT),
         DroppedKey.TYPES: _req("types", Kind.TYPES),
     },
+    RecordType.DOCK_STATE: {
+        DockStateKey.STATE: _req("state", Kind.UINT),
+        DockStateKey.PREVIOUS: _req("previous state", Kind.UINT),
+        DockStateKey.REASON: Field("reason", Kind.TEXT),
+        DockStateKey.BATTERY_PCT: Field("battery", Kind.PERCENT),
+        DockStateKey.LINE: Field("line", Kind.TEXT),
+    },
+    RecordType.MISSION: {
+        MissionKey.LINE: _req("line", Kind.TEXT),
+        MissionKey.COMMAND: _req("command", Kind.UINT),
+        MissionKey.OUTCOME: _req("outcome", Kind.UINT),
+        MissionKey.REACHED: _req("points reached", Kind.UINT),
+        MissionKey.MISSED: _req("points missed", Kind.IDS),
+        MissionKey.FLIGHT_S: Field("flight time", Kind.UINT),
+        MissionKey.BATTERY_USED_PCT: Field("battery used", Kind.PERCENT),
+        MissionKey.PRIORITY: Field("priority", Kind.UINT),
+    },
 }
 
 # A position is a latitude and a longitude, or neither.
@@ -432,6 +476,8 @@ TYPE_NAMES: Mapping[RecordType, str] = {
     RecordType.ALERT: "alert",
     RecordType.RECEIPT: "command receipt",
     RecordType.DROPPED: "dropped",
+    RecordType.DOCK_STATE: "dock state",
+    RecordType.MISSION: "mission",
 }
 
 

@@ -1,4 +1,4 @@
-"""`picket sim …`: the simulators from the command line (`district`, `fleet`).
+"""`picket sim …`: the simulators from the command line (`district`, `fleet`, `dock`).
 
 The group is a table: each sub-command is one `SimCommand` (its name, help, how it adds its
 arguments and the function that runs it), so adding `fleet` or `dock` is one entry in
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeAlias
 
-from picket import fleetcmd
+from picket import dockcmd, fleetcmd
 
 __all__ = ["COMMANDS", "HANDLERS", "SimCommand", "add_parsers", "district"]
 
@@ -116,13 +116,19 @@ COMMANDS: tuple[SimCommand, ...] = (
         fleetcmd.add_arguments,
         fleetcmd.fleet,
     ),
+    SimCommand(
+        "dock",
+        "one drone dock with its simulated drone, a TLS broker and the center (docs/commands.md)",
+        dockcmd.add_arguments,
+        dockcmd.dock,
+    ),
 )
 
 HANDLERS: dict[tuple[str, str | None], Handler] = {("sim", c.name): c.run for c in COMMANDS}
 
 
 def add_parsers(sub: SubParsers) -> None:
-    sim = sub.add_parser("sim", help="simulators: the district, the fleet")
+    sim = sub.add_parser("sim", help="simulators: the district, the fleet, a drone dock")
     cmds = sim.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
     for c in COMMANDS:
         c.add_arguments(cmds.add_parser(c.name, help=c.help, description=c.help))

@@ -330,6 +330,17 @@ BODIES: dict[RecordType, dict[int, object]] = {
     RecordType.ALERT: alert_body(AlertKind.SOS, FIX, battery_pct=64),
     RecordType.RECEIPT: receipt_body(1207, 2, Outcome.REFUSED, "plan version 11 < 12"),
     RecordType.DROPPED: dropped_body(EVICTION),
+    RecordType.DOCK_STATE: {16: 5, 17: 4, 18: "command 1207: fire", 19: 87, 20: "AL01"},
+    RecordType.MISSION: {
+        16: "AL01",
+        17: 1207,
+        18: 1,
+        19: 2,
+        20: ["A03", "A04"],
+        21: 725,
+        22: 37,
+        23: 2,
+    },
 }
 
 
