@@ -70,7 +70,8 @@ class KeyCache:
     def __init__(self, registry_path: Path, min_reload_s: float = 2.0, check_s: float = 1.0):
         self.registry_path = registry_path
         self._keys: dict[str, tuple[KeyEntry, ...]] = {}
-        self._misses: dict[str, float] = {}
+        self._misses: dict[str, float] = {}  # unknown devices: when last looked up
+        self._refreshed: dict[str, float] = {}  # re-reads after a signature miss
         self._min_reload_s = min_reload_s
         self._check_s = check_s
         self._registry: Registry | None = None
@@ -91,6 +92,7 @@ class KeyCache:
             if version != self._version:
                 self._version = version
                 self._keys.clear()
+                self._misses.clear()  # a device unknown before may be registered now
         return self._registry
 
     def refresh(self, device: str) -> tuple[KeyEntry, ...]:
@@ -98,9 +100,9 @@ class KeyCache:
         at most once per `min_reload_s` per device, so bad records cannot flood the registry."""
         now = time.monotonic()
         registry = self._fresh(now)
-        if now - self._misses.get(device, -1e9) < self._min_reload_s:
+        if now - self._refreshed.get(device, -1e9) < self._min_reload_s:
             return self._keys.get(device, ())
-        self._misses[device] = now
+        self._refreshed[device] = now
         keys = registry.trust(device)
         if keys:
             self._keys[device] = keys

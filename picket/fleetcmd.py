@@ -67,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="every N-th device's receiver sends NMEA text to the agent's parser; the others "
         "hand the agent the fix the parser would make (10; 1: every device, 0: none)",
     )
+    p.add_argument(
+        "--no-docks",
+        dest="docks",
+        action="store_false",
+        help="leave the district's drone docks out (they fly by default, not in a shard)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object last")
 
 
@@ -95,6 +101,7 @@ def fleet(args: argparse.Namespace) -> int:
         broker=args.broker,
         html=args.html,
         nmea_every=args.nmea_every,
+        docks=args.docks,
     )
     try:
         report = public(asyncio.run(run_fleet(opts, Progress())))

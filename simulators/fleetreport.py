@@ -69,13 +69,17 @@ def build_report(
     shift_s: float,
     workers: int,
     simulated_s: float,
+    docks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    devices = [d for f in finals for d in f["devices"]]
-    created = {d["id"]: int(d["last_seq"]) for d in devices}
+    # the audit counts every device's records; the walkers' figures leave the docks out
+    created = {d["id"]: int(d["last_seq"]) for f in finals for d in f["devices"]}
+    devices = [d for f in finals for d in f["devices"] if d["tier"] != "dock"]
     # a shard's center runs elsewhere: what it received is audited there
     received, points_by_device = _received(center_db) if center_db else ({}, {})
     latencies: list[float] = []
     for f in finals:
+        if "latency_file" not in f:
+            continue  # the docks' entry (simulators/fleetdocks.py)
         for device, seq, made_ms in json.loads(Path(f["latency_file"]).read_text()):
             at = received.get((device, seq))
             if at is not None:
@@ -130,7 +134,13 @@ def build_report(
         "cpu_ms_per_device_hour": round(1000 * cpu_s / device_hours, 1) if device_hours else None,
         "peak_rss_mib_workers": round(sum(int(f.get("peak_rss_kib", 0)) for f in finals) / 1024),
         "faults_injected": dict(sorted(injected.items())),
+        "docks": 0,
+        "aerial_checkins_expected": 0,
+        "aerial_checkins_recorded": 0,
+        "missions_flown": 0,
+        "missions_refused": 0,
     }
+    report.update(docks or {})
     report["_coverage"] = _coverage(plan, devices, points_by_device)
     report["_latencies"] = latencies
     return report

@@ -37,6 +37,7 @@ from provisioning.brokerconf import write_broker_config
 from provisioning.fleet import Fleet
 from simulators.bigdistrict import members as district_members
 from simulators.broker import Mosquitto
+from simulators.fleetdocks import FleetDocks
 from simulators.scenario import COLD_START_S, Fault, Scenario, load_scenario
 
 START_MS = 1_772_323_200_000  # 2026-03-01 00:00 UTC (08:00 in Chongqing): the shift begins
@@ -66,6 +67,7 @@ class FleetOptions:
     broker: tuple[str, int] | None = None  # an external broker (shards); None: start one
     html: Path | None = None
     nmea_every: int = 10  # every n-th device's receiver speaks NMEA to the parser (1: all)
+    docks: bool = True  # the district's drone docks fly too (not in a shard: no own center)
 
 
 @dataclass(slots=True)
@@ -106,6 +108,8 @@ class _Run:
     injected: dict[str, int] = field(default_factory=dict)
     active: dict[int, set[str]] = field(default_factory=dict)  # zone fault → devices inside
     simulated_ms: int = 0
+    trust: Fleet | None = None
+    docks: FleetDocks | None = None
 
     def owner(self, device: str) -> list[_Proc]:
         return [w for w in self.workers if device in w.devices]
@@ -305,7 +309,10 @@ async def _shift(run: _Run, progress: Progress) -> int:
         await _timed_faults(run, t, faults, done)
         await _zone_faults(run, t, faults)
         t = _next_stop(t, end, faults, zones_active=bool(run.active))
-        answers = await asyncio.gather(*(w.ask({"op": "advance", "to_ms": t}) for w in run.workers))
+        answers, _ = await asyncio.gather(
+            asyncio.gather(*(w.ask({"op": "advance", "to_ms": t}) for w in run.workers)),
+            run.docks.advance(t) if run.docks is not None else asyncio.sleep(0),
+        )
         made = sum(a["checkins"] for a in answers)
         walking = sum(a["walking"] for a in answers)
         queued = sum(a["queued"] for a in answers)
@@ -328,10 +335,13 @@ async def _shift(run: _Run, progress: Progress) -> int:
 
 async def _drain(run: _Run, progress: Progress) -> bool:
     await asyncio.gather(*(w.ask({"op": "finish"}) for w in run.workers))
+    if run.docks is not None:
+        await run.docks.finish()  # a mission in flight lands
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         answers = await asyncio.gather(*(w.ask({"op": "queued"}) for w in run.workers))
         queued = sum(a["queued"] for a in answers)
+        queued += run.docks.queued() if run.docks is not None else 0
         progress.update(f"draining: {queued} records still on devices", force=False)
         if queued == 0:
             return True
@@ -373,6 +383,7 @@ async def _prepare(stack: contextlib.ExitStack, run: _Run) -> None:
     """The fleet's roots of trust, and the broker unless an external one is given."""
     now = int(time.time() * 1000)
     trust = stack.enter_context(Fleet.init(run.workdir / "fleet", now))
+    run.trust = trust
     if run.opts.broker is not None:
         run.host, run.port = run.opts.broker
         return
@@ -403,12 +414,18 @@ async def _execute(run: _Run, progress: Progress, wall0: float) -> _Outcome:
         setup_s = time.monotonic() - wall0
         if run.opts.broker is None:
             await _start_center(run)
+        if run.docks is not None and run.trust is not None:
+            await run.docks.start(run.trust, run.host, run.port)
         shift0 = time.monotonic()
         await _shift(run, progress)
         drained = await _drain(run, progress)
         shift_s = time.monotonic() - shift0
         finals = await asyncio.gather(*(w.ask({"op": "stop"}, 120) for w in run.workers))
+        if run.docks is not None:  # audited like any device (fleetreport skips them as walkers)
+            finals.append({"devices": await run.docks.stop()})
     finally:
+        if run.docks is not None:
+            await run.docks.stop()  # after a failure: the uplinks and drones still go
         if run.opts.broker is None:
             center_stats = await _stop_center(run)
         for w in run.workers:
@@ -443,6 +460,11 @@ async def run_fleet(opts: FleetOptions, progress: Progress) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         workdir = _workdir(stack, opts)
         run = _Run(opts, workdir, members, scenario, {z.id: z.ring for z in plan.zones})
+        if opts.docks and opts.broker is None:
+            end_ms = START_MS + int(opts.hours * 3_600_000)
+            run.docks = FleetDocks(
+                opts.plan_dir, workdir, seed=opts.seed, start_ms=START_MS, end_ms=end_ms
+            )
         await _prepare(stack, run)
         done = await _execute(run, progress, wall0)
         shard = opts.broker is not None  # the shared center is audited where it runs
@@ -462,6 +484,7 @@ async def run_fleet(opts: FleetOptions, progress: Progress) -> dict[str, Any]:
             shift_s=done.shift_s,
             workers=done.workers,
             simulated_s=run.simulated_ms / 1000,
+            docks=run.docks.report() if run.docks is not None and not shard else None,
         )
         if opts.html is not None:
             write_html(report, plan, done.finals, opts.plan_dir, opts.html)

@@ -58,6 +58,7 @@ def fleet_run(fleet_district: Path, tmp_path: Path) -> FleetRun:
         hours: float = 0.25,
         seed: int = 5,
         workers: int = 2,
+        docks: bool = False,  # the district's docks fly too (slower: off unless a test asks)
     ) -> dict[str, Any]:
         n = next(runs)
         path = None
@@ -74,6 +75,7 @@ def fleet_run(fleet_district: Path, tmp_path: Path) -> FleetRun:
             scenario=path,
             workdir=tmp_path / f"run-{n}",
             html=html,
+            docks=docks,
         )
         report = public(asyncio.run(run_fleet(opts, Progress(quiet=True))))
         report["html"] = str(html)

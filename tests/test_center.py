@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -345,6 +346,29 @@ def test_key_cache_path_fills_the_devices_table_from_the_registry(tmp_path: Path
     assert rows(db, "SELECT id, public_key, first_seen_ms FROM devices") == [
         ("h0001", KEYS["h0001"].public_key().public_bytes_raw(), 7)
     ]
+
+
+def test_key_cache_follows_a_rotation_without_forgetting_the_device(tmp_path: Path) -> None:
+    """A record under a key the cache has not seen makes it re-read the registry at once; a
+    registry change right after must not make a known device look unknown."""
+    path = tmp_path / "registry.db"
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    reg = Registry(path)
+    reg.add("h0001", old.public_key().public_bytes_raw(), 0)
+    cache = KeyCache(path, check_s=0.2)  # looks at the registry's version at most every 0.2 s
+    ingest = Ingest(CenterStore(tmp_path / "center.db"), cache)
+    ack = ingest.handle(records_topic("h0001"), Batch(1, (record("h0001", 1, old),)).encode(), 1)
+    assert ack is not None and ack.stored == (1,)
+    reg.add("h0001", new.public_key().public_bytes_raw(), 1)  # rotated: the cache is stale
+    ack = ingest.handle(records_topic("h0001"), Batch(2, (record("h0001", 2, new),)).encode(), 2)
+    assert ack is not None and ack.stored == (2,)
+    reg.set_setting("touched", "yes")  # any later registry write, within the rate limit
+    time.sleep(0.3)  # the cache notices the new registry version
+    ack = ingest.handle(records_topic("h0001"), Batch(3, (record("h0001", 3, old),)).encode(), 3)
+    assert ack is not None and ack.stored == (3,) and ack.refused == ()  # old key still verifies
+    reg.close()
+    cache.close()
+    ingest.store.close()
 
 
 # --- chain state: a database from before it gets it when a current center opens it -------------

@@ -41,6 +41,17 @@ def test_a_quiet_quarter_hour_records_every_stay(fleet_run: FleetRun) -> None:
         assert part in page
 
 
+def test_the_district_docks_fly_in_the_fleet_run_and_are_audited(fleet_run: FleetRun) -> None:
+    report = fleet_run(devices=10, hours=0.25, docks=True)
+    clean(report)  # the docks' records are in records_created and audited with the rest
+    assert report["devices"] == 10  # the walkers' figures leave the docks out
+    assert report["docks"] == 2
+    assert report["missions_flown"] >= 1
+    assert report["aerial_checkins_expected"] > 0
+    assert report["aerial_checkins_recorded"] == report["aerial_checkins_expected"]
+    assert report["dock_commands_sent"] >= 2 and report["dock_commands_unanswered"] == 0
+
+
 def test_a_field_day_of_faults_loses_and_duplicates_nothing(fleet_run: FleetRun) -> None:
     report = fleet_run(
         """
