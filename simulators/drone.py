@@ -320,6 +320,8 @@ class SimDrone:
         self._hovered: dict[int, float] = {}
         self.sent_messages = 0
         self.send_errors = 0
+        self._control: _MissionServer | None = None  # opt-in: `listen` / `handle_mavlink`
+        self._listen_sock: socket.socket | None = None
 
     # --- controls -------------------------------------------------------------------------
 
@@ -391,6 +393,47 @@ class SimDrone:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._listen_sock is not None:
+            self._listen_sock.close()
+            self._listen_sock = None
+
+    # --- MAVLink control (opt-in) ---------------------------------------------------------
+
+    def handle_mavlink(self, data: bytes, now_ms: int) -> list[bytes]:
+        """A datagram from a ground station: the mission upload (MISSION_COUNT, then
+        MISSION_ITEM_INT answered with MISSION_REQUEST_INT, MISSION_ACK at the end) and
+        COMMAND_LONG arm, MISSION_START (flies the uploaded mission as `start_mission` does)
+        and NAV_RETURN_TO_LAUNCH (`abort`). Returns the reply frames."""
+        if self._control is None:
+            self._control = _MissionServer(self)
+        return self._control.feed(data, now_ms)
+
+    def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Take commands on a UDP socket of its own; `serve` answers what arrived."""
+        if self._listen_sock is None:
+            sock = _udp_socket()
+            sock.bind((host, port))
+            self._listen_sock = sock
+        name = self._listen_sock.getsockname()
+        return str(name[0]), int(name[1])
+
+    def serve(self, now_ms: int) -> int:
+        """Handle every datagram waiting on the `listen` socket, replying to its sender."""
+        sock, handled = self._listen_sock, 0
+        while sock is not None:
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            handled += 1
+            for frame in self.handle_mavlink(data, now_ms):
+                try:
+                    sock.sendto(frame, addr)
+                except OSError:
+                    self.send_errors += 1
+        return handled
 
     def __enter__(self) -> SimDrone:
         return self
@@ -791,3 +834,112 @@ class SimDrone:
         total = len(self._waypoints) + 1 if self._waypoints else 0
         mode = 1 if self._state in AIRBORNE and self._state is not DroneState.RETURNING else 0
         mav.mission_current_send(self._leg, total, self._mission_state, mode)
+
+
+_CMD_NAV_WAYPOINT: Final = int(mavlink2.MAV_CMD_NAV_WAYPOINT)
+
+
+class _MissionServer:
+    """The autopilot's side of the mission protocol and commands, for `SimDrone`."""
+
+    def __init__(self, drone: SimDrone) -> None:
+        self.drone = drone
+        self.out = _Frames()
+        self.mav: Any = mavlink2.MAVLink(
+            self.out, srcSystem=drone._mav.srcSystem, srcComponent=drone._mav.srcComponent
+        )
+        self.parser: Any = mavlink2.MAVLink(None)
+        self.parser.robust_parsing = True
+        self.receiving: list[Any] | None = None  # items of an upload in progress
+        self.peer = (255, 0)
+        self.mission: list[Any] = []  # the last complete upload
+        self.commands: list[tuple[int, int]] = []  # (command, result) answered, for tests
+
+    def feed(self, data: bytes, now_ms: int) -> list[bytes]:
+        try:
+            messages: list[Any] = self.parser.parse_buffer(data) or []
+        except Exception:
+            return []
+        for m in messages:
+            if getattr(m, "target_system", None) not in (None, 0, self.mav.srcSystem):
+                continue
+            self.peer = (int(m.get_srcSystem()), int(m.get_srcComponent()))
+            handler = {
+                "MISSION_COUNT": self._count,
+                "MISSION_ITEM_INT": self._item,
+                "MISSION_ITEM": self._item,
+                "COMMAND_LONG": self._command,
+            }.get(str(m.get_type()))
+            if handler is not None:
+                handler(m, now_ms)
+        frames, self.out.frames = self.out.frames, []
+        return frames
+
+    def _count(self, m: Any, _now_ms: int) -> None:
+        count = int(m.count)
+        if count == 0:
+            self.receiving = None
+            self.mission = []
+            self.mav.mission_ack_send(*self.peer, mavlink2.MAV_MISSION_ACCEPTED)
+            return
+        self.receiving = [None] * count
+        self.mav.mission_request_int_send(*self.peer, 0)
+
+    def _item(self, m: Any, _now_ms: int) -> None:
+        seq = int(m.seq)
+        items = self.receiving
+        if items is None:  # a repeat after the upload ended: its ACK was lost
+            if self.mission and seq == len(self.mission) - 1:
+                self.mav.mission_ack_send(*self.peer, mavlink2.MAV_MISSION_ACCEPTED)
+            return
+        if not 0 <= seq < len(items):
+            self.mav.mission_ack_send(*self.peer, mavlink2.MAV_MISSION_INVALID_SEQUENCE)
+            return
+        if str(m.get_type()) == "MISSION_ITEM":
+            lat, lon = float(m.x), float(m.y)
+        else:
+            lat, lon = int(m.x) / 1e7, int(m.y) / 1e7
+        items[seq] = (int(m.command), lat, lon, float(m.z), float(m.param1))
+        missing = [i for i, it in enumerate(items) if it is None]
+        if missing:
+            self.mav.mission_request_int_send(*self.peer, missing[0])
+            return
+        self.mission, self.receiving = list(items), None
+        self.mav.mission_ack_send(*self.peer, mavlink2.MAV_MISSION_ACCEPTED)
+
+    def _command(self, m: Any, now_ms: int) -> None:
+        drone, command = self.drone, int(m.command)
+        on_ground = drone.state in (DroneState.DOCKED, DroneState.LANDED)
+        result = int(mavlink2.MAV_RESULT_UNSUPPORTED)
+        waypoints = [
+            (lat, lon, alt, hover)
+            for cmd, lat, lon, alt, hover in self.mission
+            if cmd == _CMD_NAV_WAYPOINT
+        ]
+        if command == int(mavlink2.MAV_CMD_COMPONENT_ARM_DISARM):
+            arm = float(m.param1) >= 0.5
+            if arm and not on_ground and drone.armed:
+                result = int(mavlink2.MAV_RESULT_ACCEPTED)  # already flying: nothing to do
+            elif not on_ground:
+                result = int(mavlink2.MAV_RESULT_TEMPORARILY_REJECTED)
+            else:
+                drone._advance(now_ms)
+                drone._armed = arm
+                drone._touchdown_ms = None if arm else drone._touchdown_ms
+                result = int(mavlink2.MAV_RESULT_ACCEPTED)
+        elif command == int(mavlink2.MAV_CMD_MISSION_START):
+            if not waypoints:
+                result = int(mavlink2.MAV_RESULT_FAILED)
+            elif not on_ground or not drone.armed:
+                result = int(mavlink2.MAV_RESULT_TEMPORARILY_REJECTED)
+            else:
+                try:
+                    drone.start_mission(waypoints, now_ms)
+                    result = int(mavlink2.MAV_RESULT_ACCEPTED)
+                except (RuntimeError, ValueError):
+                    result = int(mavlink2.MAV_RESULT_FAILED)
+        elif command == int(mavlink2.MAV_CMD_NAV_RETURN_TO_LAUNCH):
+            drone.abort(now_ms)
+            result = int(mavlink2.MAV_RESULT_ACCEPTED)
+        self.commands.append((command, result))
+        self.mav.command_ack_send(command, result)

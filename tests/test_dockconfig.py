@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError
+from agent.dockconfig import parse_dock_section, read_wind
+
+GOOD: dict[str, object] = {
+    "mavlink": "udp://127.0.0.1:14550",
+    "drone_address": "127.0.0.1:14555",
+    "drone": "D01",
+    "home": [52.52, 13.405, 35.0],
+    "plan": "aerial.geojson",
+}
+
+
+def test_a_dock_section_is_read_with_its_defaults_and_a_wind_file(tmp_path: Path) -> None:
+    assert parse_dock_section(None, tmp_path, "c") is None
+    s = parse_dock_section({**GOOD, "wind": "wind.txt"}, tmp_path, "c")
+    assert s is not None and s.drone_address == ("127.0.0.1", 14555)
+    assert s.plan_path == tmp_path / "aerial.geojson" and s.reserve_pct == 20.0
+    assert read_wind(s) is None
+    (tmp_path / "wind.txt").write_text("7.5\n")
+    assert read_wind(s) == 7.5
+    fixed = parse_dock_section({**GOOD, "wind": 3}, tmp_path, "c")
+    assert fixed is not None and read_wind(fixed) == 3.0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"drone_address": "nowhere"}, "drone_address"),
+        ({"home": [1, 2]}, "home"),
+        ({"mavlink": "ftp://x"}, "mavlink"),
+        ({"reserve_pct": 100}, "reserve_pct"),
+        ({"typo": 1}, "unknown"),
+    ],
+)
+def test_a_bad_dock_section_is_refused_naming_the_key(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_dock_section({**GOOD, **change}, tmp_path, "c")
