@@ -110,7 +110,13 @@ class DeviceAgent:
         return [self._store_one(e) for e in events]
 
     def _store_one(self, event: Event) -> Stored:
-        rtype, time_ms, source, body = self._describe(event)
+        return self.record(*self._describe(event))
+
+    def record(
+        self, rtype: RecordType, time_ms: int, source: TimeSource, body: Mapping[int, object]
+    ) -> Stored:
+        """Sign and store one record (numbered and chained by the outbox), count it, and
+        hand it to `on_stored`."""
 
         def make(pos: ChainPosition) -> Built:
             raw = build(

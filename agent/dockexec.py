@@ -42,8 +42,8 @@ from agent.dock import (
 )
 from agent.engine import Event
 from agent.fix import TimeSource
-from agent.outbox import Built, Stored
-from agent.records import ChainPosition, CheckinKey, RecordType, build
+from agent.outbox import Stored
+from agent.records import CheckinKey, RecordType
 from agent.timekeeper import Stamp
 
 __all__ = ["DockAgent", "DockExecutor", "DroneLink"]
@@ -77,29 +77,6 @@ class DockAgent(DeviceAgent):
     def record_events(self, events: list[Event]) -> list[Stored]:
         """Store the check-in engine's events the dock passed on."""
         return self._store(events)
-
-    def record(
-        self, rtype: RecordType, time_ms: int, source: TimeSource, body: Mapping[int, object]
-    ) -> Stored:
-        """Store one of the dock's own records."""
-        key, device = self.key, self.device
-
-        def make(pos: ChainPosition) -> Built:
-            raw = build(
-                key,
-                device=device,
-                chain=pos,
-                rtype=rtype,
-                time_ms=time_ms,
-                time_source=source,
-                body=body,
-            )
-            return Built(rtype, time_ms, raw)
-
-        stored = self.outbox.append(make)
-        self.created[stored.type] += 1
-        self.on_stored(stored)
-        return stored
 
 
 class DockExecutor(CommandExecutor):
