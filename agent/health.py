@@ -26,12 +26,16 @@ The outbox keeps each record's event time but has no query for the oldest unsent
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.fix import Fix, Quality, TimeSource
 from agent.outbox import Built, Outbox, Stored
 from agent.records import ChainPosition, RecordType, build, health_body
+
+if TYPE_CHECKING:
+    from agent.device import DeviceAgent
 
 FIX_STALE_MS = 30_000  # a fix older than this says nothing about the receiver now
 
@@ -113,3 +117,22 @@ class HealthTimer:
             return False
         self._next_ms = mono_ms + self.interval_ms
         return True
+
+
+def store_agent_health(agent: DeviceAgent, t_ms: int, started_ms: int) -> Stored:
+    """A health record for a simulated device, whose virtual clock is also its monotonic
+    one: the snapshot of `agent` at `t_ms`, stored, counted and handed to its `on_stored`."""
+    fix = agent.last_fix
+    source = fix.time_source if fix else TimeSource.NONE
+    body = health_snapshot(
+        now_ms=t_ms,
+        outbox_depth=agent.outbox.depth(),
+        clock_source=source,
+        fix=fix,
+        now_mono_ms=t_ms,
+        started_mono_ms=started_ms,
+    )
+    stored = store_health(agent.outbox, agent.key, body, time_ms=t_ms, time_source=source)
+    agent.created[RecordType.HEALTH] += 1
+    agent.on_stored(stored)
+    return stored

@@ -32,8 +32,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig, load_config
 from agent.device import DeviceAgent
-from agent.fix import TimeSource
-from agent.health import health_snapshot, store_health
+from agent.health import store_agent_health
 from agent.outbox import Outbox
 from agent.plan import Plan
 from agent.protocol import MAX_BATCH
@@ -226,18 +225,7 @@ class _Fleet:
     # -- running --------------------------------------------------------------------------
 
     def store_health(self, d: _Device, t_ms: int) -> None:
-        fix = d.agent.last_fix
-        source = fix.time_source if fix else TimeSource.NONE
-        body = health_snapshot(
-            now_ms=t_ms,
-            outbox_depth=d.agent.outbox.depth(),
-            clock_source=source,
-            fix=fix,
-            now_mono_ms=t_ms,
-            started_mono_ms=d.started_ms,
-        )
-        stored = store_health(d.agent.outbox, d.agent.key, body, time_ms=t_ms, time_source=source)
-        d.uplink.on_stored(stored)
+        store_agent_health(d.agent, t_ms, d.started_ms)
 
     async def stop_uplinks(self) -> None:
         for d in self.devices:

@@ -28,8 +28,7 @@ import aiomqtt
 
 from agent.config import AgentConfig, load_config
 from agent.device import DeviceAgent
-from agent.fix import TimeSource
-from agent.health import health_snapshot, store_health
+from agent.health import store_agent_health
 from agent.outbox import Outbox, Stored
 from agent.planfile import load_plan
 from agent.protocol import MAX_BATCH, Batch, records_topic
@@ -177,20 +176,8 @@ class Worker:
             await asyncio.sleep(0)  # the uplinks and their acknowledgements run between seconds
 
     def store_health(self, d: SimDevice, t_ms: int) -> None:
-        assert d.agent is not None and d.uplink is not None
-        fix = d.agent.last_fix
-        source = fix.time_source if fix else TimeSource.NONE
-        body = health_snapshot(
-            now_ms=t_ms,
-            outbox_depth=d.agent.outbox.depth(),
-            clock_source=source,
-            fix=fix,
-            now_mono_ms=t_ms,
-            started_mono_ms=d.started_ms,
-        )
-        s = store_health(d.agent.outbox, d.agent.key, body, time_ms=t_ms, time_source=source)
-        d.agent.created[RecordType.HEALTH] += 1
-        d.agent.on_stored(s)
+        assert d.agent is not None
+        store_agent_health(d.agent, t_ms, d.started_ms)
 
     # -- faults ---------------------------------------------------------------------------
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import ssl
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.config import AgentConfig, load_config
+from agent.fix import TimeSource
+from agent.outbox import Builder, Built
+from agent.records import ChainPosition, RecordType, build
 from center.service import CenterService
 from picket.argtypes import center_tls
 from provisioning.brokerconf import write_broker_config
@@ -91,3 +100,50 @@ def tls_fleet_in(root: Path) -> Iterator[TlsFleet]:
             yield TlsFleet(root, fleet, broker, root / "center-tls")
     finally:
         fleet.close()
+
+
+def kill_child_at(code: str, path: Path, phase: str, raw: bytes) -> None:
+    """Run `code` (a script that prints `ready`, then `phase` when it gets there) in a real
+    process on `path` and the command `raw`, and kill -9 it at that moment."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), phase, raw.hex()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert lines == [b"ready\n", phase.encode() + b"\n"], (lines, proc.stderr)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def signed(
+    key: Ed25519PrivateKey,
+    device: str,
+    rtype: RecordType,
+    body: Mapping[int, object],
+    time_ms: int | None = None,
+) -> Builder:
+    """An outbox builder for one record of `rtype` (GNSS time: `time_ms`, default now)."""
+    t = now_ms() if time_ms is None else time_ms
+
+    def make(pos: ChainPosition) -> Built:
+        raw = build(
+            key,
+            device=device,
+            chain=pos,
+            rtype=rtype,
+            time_ms=t,
+            time_source=TimeSource.GNSS,
+            body=body,
+        )
+        return Built(rtype, t, raw)
+
+    return make

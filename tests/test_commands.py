@@ -7,10 +7,6 @@ The MQTT end (a real broker, the center in-process, the CLI) is in tests/test_co
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
+from peers import kill_child_at
 
 from agent.cmdexec import CommandExecutor, Handled, bundle_agenda
 from agent.commands import (
@@ -523,24 +520,7 @@ os.write(1, b"returned\\n")
 
 def run_and_kill(path: Path, phase: str, raw: bytes) -> None:
     """Carry out `raw` in a real process and kill -9 it at `phase`."""
-    code = CHILD.format(tests=str(REPO / "tests"), repo=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(path), phase, raw.hex()],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(2)]
-        assert lines == [b"ready\n", phase.encode() + b"\n"], (lines, proc.stderr)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-        for f in (proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_child_at(CHILD.format(tests=str(REPO / "tests"), repo=str(REPO)), path, phase, raw)
 
 
 def test_killed_before_the_commit_the_redelivered_command_is_carried_out_once(

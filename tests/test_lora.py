@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.cose import sign1
 from agent.fix import Fix, TimeSource
 from agent.geo import offset
-from agent.outbox import Builder, Built, Outbox
+from agent.outbox import Outbox
 from agent.protocol import (
     PREFIX,
     Ack,
@@ -84,6 +84,7 @@ from simulators.lora_medium import (
 )
 from simulators.proxy import LinkProxy
 from tests.peers import TlsFleet, now_ms, running_center, wait_for
+from tests.peers import signed as builder
 
 REPO = Path(__file__).resolve().parents[1]
 CHONGQING = LatLon(29.5630, 106.5516)
@@ -646,26 +647,6 @@ def test_the_gateway_acl_lets_it_write_relayed_records_only() -> None:
 QUICK = UplinkOptions(keepalive_s=5, connect_timeout_s=3, backoff_initial_s=0.1, backoff_max_s=0.5)
 
 
-def built(
-    key: Ed25519PrivateKey, device: str, rtype: RecordType, body: dict[int, object]
-) -> Builder:
-    t = now_ms()
-
-    def make(pos: ChainPosition) -> Built:
-        raw = build(
-            key,
-            device=device,
-            chain=pos,
-            rtype=rtype,
-            time_ms=t,
-            time_source=TimeSource.GNSS,
-            body=body,
-        )
-        return Built(rtype, t, raw)
-
-    return make
-
-
 @pytest.mark.integration
 async def test_records_relayed_over_lora_are_stored_once(tls_fleet: TlsFleet) -> None:
     gw_dir = issue_gateway(tls_fleet.fleet, tls_fleet.root / "gateway-tls", now_ms())
@@ -677,11 +658,11 @@ async def test_records_relayed_over_lora_are_stored_once(tls_fleet: TlsFleet) ->
     outbox.append_many(
         [
             *(
-                built(key, cfg.device, RecordType.CHECKIN, {16: f"P{i:03d}", 17: 3})
+                builder(key, cfg.device, RecordType.CHECKIN, {16: f"P{i:03d}", 17: 3})
                 for i in range(5)
             ),
-            built(key, cfg.device, RecordType.ALERT, alert_body(AlertKind.SOS, fix, 64)),
-            built(key, cfg.device, RecordType.HEALTH, health_body(depth=6, battery_pct=80)),
+            builder(key, cfg.device, RecordType.ALERT, alert_body(AlertKind.SOS, fix, 64)),
+            builder(key, cfg.device, RecordType.HEALTH, health_body(depth=6, battery_pct=80)),
         ]
     )
     records = outbox.pending(100)

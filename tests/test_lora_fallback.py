@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fix import TimeSource
 from agent.lorafallback import LoraFallback
-from agent.outbox import Builder, Built, Outbox
-from agent.records import ChainPosition, RecordType, alert_body, build
+from agent.outbox import Builder, Outbox
+from agent.records import RecordType, alert_body
 from agent.uplink import BrokerAddress, Uplink, UplinkOptions
 from center.lora_gateway import LoraGateway, gateway_tls, issue_gateway
 from firmware_bridge.host import Bridge
 from firmware_bridge.mcusim import McuSim
 from simulators.broker import free_port
 from simulators.lora_medium import Medium, Metres, Reception, run_air
-from tests.peers import TlsFleet, now_ms, running_center, wait_for
+from tests.peers import TlsFleet, now_ms, running_center, signed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,22 +30,8 @@ QUICK = UplinkOptions(keepalive_s=5, connect_timeout_s=3, backoff_initial_s=0.1,
 
 
 def record(key: Ed25519PrivateKey, device: str, rtype: RecordType, point: str = "P1") -> Builder:
-    t = now_ms()
     body = {16: point} if rtype is RecordType.CHECKIN else alert_body()
-
-    def make(pos: ChainPosition) -> Built:
-        raw = build(
-            key,
-            device=device,
-            chain=pos,
-            rtype=rtype,
-            time_ms=t,
-            time_source=TimeSource.GNSS,
-            body=body,
-        )
-        return Built(rtype, t, raw)
-
-    return make
+    return signed(key, device, rtype, body)
 
 
 def rows(db: Path) -> list[tuple[str, int]]:

@@ -24,9 +24,9 @@ from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.enroll import load_private
-from agent.outbox import Builder, Built, Outbox
+from agent.outbox import Builder, Outbox
 from agent.protocol import Ack, Batch, Refusal, command_topic, records_topic
-from agent.records import ChainPosition, RecordType, TimeSource, build
+from agent.records import RecordType
 from agent.uplink import BrokerAddress, Uplink, UplinkOptions, UplinkTls
 from center.ingest import Ingest
 from center.service import KeyCache
@@ -34,7 +34,7 @@ from center.store import CenterStore
 from provisioning import ca
 from provisioning.fleet import Fleet
 from simulators.broker import Mosquitto
-from tests.peers import TlsFleet, now_ms, running_center, wait_for
+from tests.peers import TlsFleet, now_ms, running_center, signed, wait_for
 
 
 def device_context(cfg: AgentConfig) -> ssl.SSLContext:
@@ -58,19 +58,7 @@ async def client(
 
 
 def checkin(key: Ed25519PrivateKey, device: str, time_ms: int, point: str = "P1") -> Builder:
-    def make(pos: ChainPosition) -> Built:
-        raw = build(
-            key,
-            device=device,
-            chain=pos,
-            rtype=RecordType.CHECKIN,
-            time_ms=time_ms,
-            time_source=TimeSource.GNSS,
-            body={16: point},
-        )
-        return Built(RecordType.CHECKIN, time_ms, raw)
-
-    return make
+    return signed(key, device, RecordType.CHECKIN, {16: point}, time_ms)
 
 
 QUICK = UplinkOptions(keepalive_s=5, connect_timeout_s=3, backoff_initial_s=0.1, backoff_max_s=0.5)

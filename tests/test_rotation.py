@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
-from peers import running_center, wait_for
+from peers import kill_child_at, running_center, wait_for
 
 from agent import rotation
 from agent.cmdexec import CommandExecutor
@@ -543,24 +540,7 @@ os.write(1, b"returned\\n")
 
 def run_and_kill(config: Path, phase: str, raw: bytes) -> None:
     """Carry out `raw` in a real process and kill -9 it at `phase`."""
-    code = CHILD.format(tests=str(REPO / "tests"), repo=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(config), phase, raw.hex()],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(2)]
-        assert lines == [b"ready\n", phase.encode() + b"\n"], (lines, proc.stderr)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-        for f in (proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_child_at(CHILD.format(tests=str(REPO / "tests"), repo=str(REPO)), config, phase, raw)
 
 
 async def restart(config: Path) -> DeviceAgent:
