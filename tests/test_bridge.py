@@ -531,7 +531,8 @@ async def test_sos_press_becomes_an_alert_at_the_head_of_the_outbox(
             }
             assert [s.type for s in uplinked] == [RecordType.ALERT]  # the uplink was woken
             assert agent.created[RecordType.ALERT] == 1
-            assert link.stats.feedback_sent >= 1
+            # The MCU shows the pattern before its reply reaches the host: wait for the reply.
+            await until(lambda: link.stats.feedback_sent >= 1)
     finally:
         outbox.close()
 
