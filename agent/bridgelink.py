@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.device import DeviceAgent
+from agent.errors import ConfigError
 from agent.fix import TimeSource
 from agent.outbox import Built, Stored
 from agent.records import AlertKind, ChainPosition, RecordType, alert_body, build
@@ -89,7 +90,6 @@ def parse_bridge_section(table: object, base: Path, where: str) -> BridgeConfig 
 
     A relative port path is taken from the config's folder, like every other path.
     """
-    from agent.config import ConfigError  # agent.config imports this module
 
     if table is None:
         return None
@@ -128,7 +128,6 @@ def parse_bridge_section(table: object, base: Path, where: str) -> BridgeConfig 
 
 
 def _radio(table: object, at: str) -> RadioConfig | None:
-    from agent.config import ConfigError
 
     if table is None:
         return None
@@ -145,7 +144,6 @@ def _radio(table: object, at: str) -> RadioConfig | None:
 
 
 def _number(table: dict[str, object], key: str, kind: type, default: float, at: str) -> float:
-    from agent.config import ConfigError
 
     value = table.get(key, default)
     ok = isinstance(value, int | float) if kind is float else isinstance(value, int)

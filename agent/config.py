@@ -25,6 +25,11 @@ and unknown keys are refused (a typo must not silently fall back to a default).
     [gnss]                        # optional section
     source = "gpsd://127.0.0.1:2947"   # default; see docs/gnss.md for serial/tcp/file
     not_before = 2026-01-01       # default: a GNSS date before this is week-rollover suspect
+
+    [bridge]                      # optional: the radio co-processor (agent/bridgelink.py)
+    [dock]                        # optional: this device is a drone dock (agent/dockconfig.py,
+                                  # docs/docks.md); it needs `center_key`, and reads GNSS only
+                                  # when [gnss] is given (the dock's own receiver: time)
 """
 
 from __future__ import annotations
@@ -39,17 +44,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.bridgelink import BridgeConfig, parse_bridge_section
-from agent.errors import LocalError
+from agent.dockconfig import DockSection, parse_dock_section
+from agent.errors import ConfigError
 from agent.protocol import DEVICE_ID
 from agent.uplink import UplinkTls
+
+__all__ = [
+    "DEFAULT_GNSS",
+    "DEFAULT_NOT_BEFORE",
+    "AgentConfig",
+    "ConfigError",  # defined in agent.errors (the section parsers raise it too)
+    "load_config",
+    "read_center_key",
+]
 
 DEFAULT_GNSS = "gpsd://127.0.0.1:2947"
 # No GNSS date before this can be right for this software: it was released after it.
 DEFAULT_NOT_BEFORE = dt.date(2026, 1, 1)
-
-
-class ConfigError(LocalError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,8 @@ class AgentConfig:
     center_key_path: Path | None = None
     tls: UplinkTls | None = None
     bridge: BridgeConfig | None = None
+    dock: DockSection | None = None
+    gnss_given: bool = True  # a [gnss] section is in the file (a dock reads GNSS only then)
 
     def load_center_key(self) -> Ed25519PublicKey | None:
         """The key that signs commands (None: no `center_key`, commands are not accepted)."""
@@ -147,6 +160,28 @@ def _only(table: dict[str, object], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
 
 
+def _dock(doc: dict[str, object], base: Path, where: str) -> DockSection | None:
+    dock = parse_dock_section(doc.get("dock"), base, where)
+    if dock is None:
+        return None
+    if doc.get("center_key") is None:
+        raise ConfigError(
+            f"{where} [dock]: a dock flies only what the center signs: set 'center_key'"
+        )
+    if dock.plan_path is None and doc.get("plan") is None:
+        raise ConfigError(f"{where} [dock]: no aerial plan: set 'plan' here or at the top")
+    if dock.plan_path is not None and doc.get("plan") is not None:
+        raise ConfigError(f"{where}: 'plan' is given twice (at the top and in [dock]): keep one")
+    return dock
+
+
+def _plan_path(base: Path, plan: str | None, dock: DockSection | None) -> Path | None:
+    """The plan the agent runs: the top-level one, or a dock's aerial plan."""
+    if plan is not None:
+        return base / plan
+    return None if dock is None else dock.plan_path
+
+
 def load_config(path: Path) -> AgentConfig:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -156,7 +191,8 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path)
     base = path.parent
-    allowed = {"device", "key", "outbox", "plan", "team", "center_key", "broker", "gnss", "bridge"}
+    allowed = {"device", "key", "outbox", "plan", "team", "center_key", "broker", "gnss"}
+    allowed |= {"bridge", "dock"}
     _only(doc, allowed, where)
     device = str(_get(doc, "device", str, where))
     if not DEVICE_ID.fullmatch(device):
@@ -190,17 +226,20 @@ def load_config(path: Path) -> AgentConfig:
     outbox = doc.get("outbox", "outbox.db")
     if not isinstance(outbox, str):
         raise ConfigError(f"{where}: 'outbox' must be a path")
+    dock = _dock(doc, base, where)
     return AgentConfig(
         device=device,
         key_path=base / str(_get(doc, "key", str, where)),
         outbox_path=base / outbox,
         broker_host=str(_get(broker, "host", str, f"{where} [broker]")),
         broker_port=port,
-        plan_path=None if plan is None else base / plan,
+        plan_path=_plan_path(base, plan, dock),
         team=team,
         gnss_source=source,
         not_before=not_before,
         center_key_path=None if center_key is None else base / center_key,
         tls=_tls(broker, base, f"{where} [broker]"),
         bridge=parse_bridge_section(doc.get("bridge"), base, where),
+        dock=dock,
+        gnss_given="gnss" in doc,
     )

@@ -12,6 +12,11 @@ commands set (a task bundle's agenda, settings) is restored from the outbox at s
 A key rotation a kill interrupted is finished (or undone) before the agent starts
 (agent/rotation.py); after a rotation the agent signs with the new key and the uplink
 presents the new certificate from its next connection.
+
+With a `[dock]` section the device is a drone dock (agent/dockrun.py): its check-ins come
+from the drone's telemetry instead of a GNSS receiver, its commands include flying lines,
+and its tick (every second) also reads the wind and watches the drone's heartbeat. It reads
+GNSS only when `[gnss]` is configured, and then for time alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from agent.cmdexec import CommandExecutor
 from agent.commands import CommandVerifier
 from agent.config import AgentConfig
 from agent.device import DeviceAgent
+from agent.dockexec import DockAgent
+from agent.dockrun import TICK_S as DOCK_TICK_S
+from agent.dockrun import DockRole
 from agent.gnss.sources import GnssSource, SourceStatus, parse_source_url
 from agent.health import health_snapshot, store_health
 from agent.lorafallback import LoraFallback
@@ -50,6 +58,10 @@ def monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _chain(
     first: Callable[[Stored], None], then: Callable[[Stored], None]
 ) -> Callable[[Stored], None]:
@@ -61,10 +73,24 @@ def _chain(
 
 
 @dataclass(slots=True)
+class _Parts:
+    agent: DeviceAgent
+    keeper: TimeKeeper
+    uplink: Uplink
+    boot: int
+    executor: CommandExecutor | None = None
+    dock: DockRole | None = None
+    bridge: BridgeLink | None = None
+    fallback: LoraFallback | None = None
+
+
+@dataclass(slots=True)
 class AgentRun:
     config: AgentConfig
     mono_ms: Callable[[], int] = monotonic_ms
     stop_event: asyncio.Event | None = None
+    wall_ms: Callable[[], int] = wall_ms  # a dock's system clock (agent/dockrun.py)
+    dock: DockRole | None = None  # set while a dock runs
 
     def stop(self) -> None:
         if self.stop_event is not None:
@@ -75,77 +101,128 @@ class AgentRun:
         self.stop_event = self.stop_event or asyncio.Event()
         spec = parse_source_url(cfg.gnss_source)  # bad URL: refuse before touching anything
         plan = load_plan(cfg.plan_path) if cfg.plan_path else Plan(0, (), ())
-        key = cfg.load_key()
-        center_key = cfg.load_center_key()
+        cfg.load_key()  # a bad key or center key: refuse before touching anything
+        cfg.load_center_key()
         outbox = Outbox(cfg.outbox_path, cfg.device)
         try:
-            identity = rotation.identity_folder(cfg.key_path)
-            if identity is not None and rotation.recover(identity, rotation.committed(outbox)):
-                key = cfg.load_key()  # the interrupted rotation was finished or undone
-            boot = outbox.begin_boot()
-            keeper = TimeKeeper(persisted_ms=outbox.stored_time(), mono_ms=self.mono_ms())
-            uplink = Uplink(
-                outbox,
-                BrokerAddress(cfg.broker_host, cfg.broker_port),
-                options=UplinkOptions(tls=cfg.tls),
+            parts = self._assemble(plan, outbox)
+            reads_gnss = parts.dock is None or cfg.gnss_given
+            log.info(
+                "%s: boot %d, %d points, GNSS %s",
+                cfg.device,
+                parts.boot,
+                len(plan.points),
+                spec if reads_gnss else "none",
             )
-            agent = DeviceAgent(cfg.device, key, plan, outbox, on_stored=uplink.on_stored)
-            bridge: BridgeLink | None = None
-            fallback: LoraFallback | None = None
-            if cfg.bridge is not None:  # wraps agent.on_stored: SOS alerts, check-in beeps
-                bridge = BridgeLink(cfg.bridge, agent, clock=lambda: keeper.now(self.mono_ms()))
-                fallback = LoraFallback(bridge.bridge, uplink.connected.is_set)
-                agent.on_stored = _chain(agent.on_stored, fallback.on_stored)
-            executor: CommandExecutor | None = None
-            if center_key is not None:
-                executor = CommandExecutor(
-                    agent,
-                    CommandVerifier(center_key, cfg.device),
-                    lambda: keeper.now(self.mono_ms()),
-                    team=cfg.team,
-                    identity=identity,
-                    on_rotated=uplink.reload_tls,
-                )
-                executor.restore()
-                uplink.on_command = executor.on_command  # read when the uplink subscribes
-            source = GnssSource(spec, not_before=cfg.not_before, on_status=self._status)
-            log.info("%s: boot %d, %d points, GNSS %s", cfg.device, boot, len(plan.points), spec)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(uplink.run(), name="uplink")
-                reader = tg.create_task(self._read(source, keeper, agent), name="gnss")
-                clock = tg.create_task(self._persist(keeper, outbox), name="time")
-                ticker = tg.create_task(self._tick(keeper, agent, cfg, executor), name="tick")
-                health = tg.create_task(
-                    self._health(keeper, agent, uplink, executor), name="health"
-                )
-                radio = (
-                    []
-                    if bridge is None or fallback is None
-                    else [
-                        tg.create_task(bridge.run(), name="bridge"),
-                        tg.create_task(fallback.run(), name="lora-fallback"),
-                    ]
-                )
-                await self.stop_event.wait()
-                reader.cancel()
-                clock.cancel()
-                ticker.cancel()
-                health.cancel()
-                for task in radio:
-                    task.cancel()
-                agent.finish(keeper.now(self.mono_ms()).time_ms)
-                self._write_time(keeper, outbox)
-                uplink.stop()
-            return agent
+            source = (
+                GnssSource(spec, not_before=cfg.not_before, on_status=self._status)
+                if reads_gnss
+                else None
+            )
+            await self._serve(parts, source)
+            return parts.agent
         finally:
             outbox.close()
+
+    def _assemble(self, plan: Plan, outbox: Outbox) -> _Parts:
+        """The agent, its uplink and clock, and what the config adds (commands, radio, dock)."""
+        cfg = self.config
+        key = cfg.load_key()
+        center_key = cfg.load_center_key()
+        identity = rotation.identity_folder(cfg.key_path)
+        if identity is not None and rotation.recover(identity, rotation.committed(outbox)):
+            key = cfg.load_key()  # the interrupted rotation was finished or undone
+        boot = outbox.begin_boot()
+        keeper = TimeKeeper(persisted_ms=outbox.stored_time(), mono_ms=self.mono_ms())
+        uplink = Uplink(
+            outbox,
+            BrokerAddress(cfg.broker_host, cfg.broker_port),
+            options=UplinkOptions(tls=cfg.tls),
+        )
+        agent = (
+            DeviceAgent(cfg.device, key, plan, outbox, on_stored=uplink.on_stored)
+            if cfg.dock is None
+            else DockAgent(
+                cfg.device, key, plan, outbox, on_stored=uplink.on_stored, drone=cfg.dock.drone
+            )
+        )
+        parts = _Parts(agent, keeper, uplink, boot)
+        if cfg.bridge is not None:  # wraps agent.on_stored: SOS alerts, check-in beeps
+            parts.bridge = BridgeLink(cfg.bridge, agent, clock=lambda: keeper.now(self.mono_ms()))
+            parts.fallback = LoraFallback(parts.bridge.bridge, uplink.connected.is_set)
+            agent.on_stored = _chain(agent.on_stored, parts.fallback.on_stored)
+        if center_key is None:
+            return parts
+        verifier = CommandVerifier(center_key, cfg.device)
+        if cfg.dock is not None and isinstance(agent, DockAgent):
+            parts.dock = self.dock = DockRole.build(
+                cfg.dock,
+                agent,
+                verifier,
+                keeper,
+                mono_ms=self.mono_ms,
+                wall_ms=self.wall_ms,
+                identity=identity,
+                on_rotated=uplink.reload_tls,
+            )
+            parts.executor = parts.dock.executor
+        else:
+            parts.executor = CommandExecutor(
+                agent,
+                verifier,
+                lambda: keeper.now(self.mono_ms()),
+                team=cfg.team,
+                identity=identity,
+                on_rotated=uplink.reload_tls,
+            )
+        parts.executor.restore()
+        uplink.on_command = parts.executor.on_command  # read when the uplink subscribes
+        return parts
+
+    async def _serve(self, parts: _Parts, source: GnssSource | None) -> None:
+        """Every task until a stop request; then close visits and write the time down."""
+        assert self.stop_event is not None
+        agent, keeper, uplink, dock = parts.agent, parts.keeper, parts.uplink, parts.dock
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(uplink.run(), name="uplink")
+            tasks = []
+            if dock is not None:
+                log.info("%s: dock of drone %s, %s", agent.device, dock.section.drone,
+                         dock.source.spec)  # fmt: skip
+                tasks.append(tg.create_task(dock.run(), name="drone"))
+            if source is not None:
+                feed = agent if dock is None else None  # a dock's GNSS gives time only
+                tasks.append(tg.create_task(self._read(source, keeper, feed), name="gnss"))
+            tasks.append(tg.create_task(self._persist(keeper, agent.outbox), name="time"))
+            tasks.append(
+                tg.create_task(
+                    self._tick(keeper, agent, self.config, parts.executor, dock), name="tick"
+                )
+            )
+            tasks.append(
+                tg.create_task(self._health(keeper, agent, uplink, parts.executor), name="health")
+            )
+            if parts.bridge is not None and parts.fallback is not None:
+                tasks.append(tg.create_task(parts.bridge.run(), name="bridge"))
+                tasks.append(tg.create_task(parts.fallback.run(), name="lora-fallback"))
+            await self.stop_event.wait()
+            for task in tasks:
+                task.cancel()
+            agent.finish(keeper.now(self.mono_ms()).time_ms)
+            self._write_time(keeper, agent.outbox)
+            uplink.stop()
 
     def _status(self, status: SourceStatus) -> None:
         log.info("GNSS %s: %s", status.state.name.lower(), status.detail)
 
-    async def _read(self, source: GnssSource, keeper: TimeKeeper, agent: DeviceAgent) -> None:
-        async for fix in source.fixes():
-            agent.on_fix(keeper.observe(fix, self.mono_ms()))
+    async def _read(
+        self, source: GnssSource, keeper: TimeKeeper, agent: DeviceAgent | None
+    ) -> None:
+        """Fixes to the time keeper, and to the check-in engine of `agent` (if any)."""
+        async for raw in source.fixes():
+            fix = keeper.observe(raw, self.mono_ms())
+            if agent is not None:
+                agent.on_fix(fix)
 
     async def _tick(
         self,
@@ -153,10 +230,14 @@ class AgentRun:
         agent: DeviceAgent,
         cfg: AgentConfig,
         executor: CommandExecutor | None = None,
+        dock: DockRole | None = None,
     ) -> None:
-        """Windows close and silent visits end even when no fix comes; a new day, a new agenda."""
+        """Windows close and silent visits end even when no fix comes; a new day, a new agenda.
+        A dock's tick is its own (wind, heartbeat, launch timeout) and comes every second."""
         day: dt.date | None = None
         while True:
+            if dock is not None:
+                dock.observe_clock()
             now = keeper.now(self.mono_ms()).time_ms
             if now is not None:
                 offset = dt.timedelta(minutes=agent.plan.utc_offset_min)
@@ -170,8 +251,11 @@ class AgentRun:
                     )
                     agent.engine.set_agenda(agenda)
                     log.info("%s: agenda for %s: %d points", cfg.device, today, len(agenda))
-                agent.tick(now)
-            await asyncio.sleep(TICK_S)
+                if dock is None:
+                    agent.tick(now)
+                else:
+                    dock.tick(now)  # the dock ticks the engine itself
+            await asyncio.sleep(TICK_S if dock is None else DOCK_TICK_S)
 
     async def _health(
         self,

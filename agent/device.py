@@ -113,10 +113,16 @@ class DeviceAgent:
         return self.record(*self._describe(event))
 
     def record(
-        self, rtype: RecordType, time_ms: int, source: TimeSource, body: Mapping[int, object]
+        self,
+        rtype: RecordType,
+        time_ms: int,
+        source: TimeSource,
+        body: Mapping[int, object],
+        *,
+        meta: tuple[str, int] | None = None,
     ) -> Stored:
         """Sign and store one record (numbered and chained by the outbox), count it, and
-        hand it to `on_stored`."""
+        hand it to `on_stored`. `meta`: see `Outbox.append`."""
 
         def make(pos: ChainPosition) -> Built:
             raw = build(
@@ -130,7 +136,7 @@ class DeviceAgent:
             )
             return Built(rtype, time_ms, raw)
 
-        stored = self.outbox.append(make)
+        stored = self.outbox.append(make, meta=meta)
         self.created[stored.type] += 1
         self.on_stored(stored)
         return stored

@@ -346,8 +346,9 @@ class Dock:
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def observe_wind(self, mps: float) -> None:
-        """A wind reading (sensor or operator); it stands until the next."""
+    def observe_wind(self, mps: float | None) -> None:
+        """A wind reading (sensor or operator); it stands until the next. None: the sensor
+        gave nothing readable, the wind is unknown (no flight until a reading comes)."""
         self.wind_mps = mps
 
     def telemetry(self, t: Telemetry) -> list[Output]:
@@ -420,6 +421,24 @@ class Dock:
         out: list[Output] = [StartMission(line, mission.waypoints)]
         reason = f"command {command}: {priority.name.lower()}"
         self._go(out, now_ms, DockState.LAUNCHING, reason)
+        return out
+
+    def resume(
+        self, command: int, line: str, priority: Priority, sent_ms: int, now_ms: int
+    ) -> list[Output]:
+        """At start-up: FLY_LINE `command` was answered DONE but its mission never ended
+        (no MISSION record): the dock stopped during it, or between the receipt and the
+        upload. Taken up as after a lost heartbeat (FAULT, the flight kept): the first
+        reading brings an armed drone home, and a disarmed one ends the mission; it ends as
+        `fault`, with the points the dock saw from now on."""
+        mission = plan_mission(self.plan, line, self.config)
+        if isinstance(mission, str):  # the plan changed under it: its points are unknown
+            mission = Mission(line, (), (), 0.0, 0)
+        self._now_ms = max(self._now_ms, now_ms)
+        self.flight = _Flight(mission, command, priority, sent_ms, None)
+        self.flight.outcome = MissionOutcome.FAULT
+        out: list[Output] = []
+        self._go(out, now_ms, DockState.FAULT, "restarted during a mission")
         return out
 
     def check_abort(self) -> str | None:

@@ -1,4 +1,4 @@
-"""The `[dock]` section of a device's config: the agent is a drone dock (agent/dockexec.py).
+"""The `[dock]` section of a device's config: the agent is a drone dock (docs/docks.md).
 
     [dock]
     mavlink = "udp://0.0.0.0:14550"   # where the drone's telemetry arrives (agent/mavlink.py)
@@ -9,10 +9,11 @@
     wind = 4.0                        # optional: a fixed wind (m/s), or a path to a file
                                       # holding the latest reading (read at every tick)
     reserve_pct = 20.0                # optional
-    plan = "aerial.geojson"           # the aerial plan (docs/plans.md)
+    plan = "aerial.geojson"           # optional: the aerial plan (docs/plans.md); without it
+                                      # the config's top-level `plan`
 
-Not wired into `load_config` yet (see the session report): `parse_dock_section(table, base,
-where)` is what it would call.
+`load_config` (agent/config.py) calls `parse_dock_section`; `read_wind` is called by the
+running dock (agent/dockrun.py) at every tick.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import ConfigError
+from agent.errors import ConfigError
 from agent.mavlink import MavlinkError, parse_mavlink_url
 
 __all__ = ["DockSection", "parse_dock_section", "read_wind"]
@@ -43,7 +44,7 @@ class DockSection:
     drone_address: tuple[str, int]
     drone: str
     home: tuple[float, float, float]
-    plan_path: Path
+    plan_path: Path | None  # None: the config's top-level plan
     wind_limit_mps: float = 10.0
     wind_mps: float | None = None
     wind_path: Path | None = None
@@ -85,10 +86,10 @@ def parse_dock_section(raw: object, base: Path, where: str) -> DockSection | Non
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise ConfigError(f"{w}: unknown key(s) {', '.join(map(repr, unknown))}")
-    for key in ("mavlink", "drone_address", "drone", "home", "plan"):
+    for key in ("mavlink", "drone_address", "drone", "home"):
         if key not in raw:
             raise ConfigError(f"{w}: missing key {key!r}")
-    mavlink, drone, plan = raw["mavlink"], raw["drone"], raw["plan"]
+    mavlink, drone, plan = raw["mavlink"], raw["drone"], raw.get("plan")
     if not isinstance(mavlink, str):
         raise ConfigError(f"{w}: 'mavlink' must be a URL string")
     try:
@@ -97,7 +98,7 @@ def parse_dock_section(raw: object, base: Path, where: str) -> DockSection | Non
         raise ConfigError(f"{w}: 'mavlink': {exc}") from exc
     if not isinstance(drone, str) or not drone:
         raise ConfigError(f"{w}: 'drone' must be the drone's id")
-    if not isinstance(plan, str):
+    if plan is not None and not isinstance(plan, str):
         raise ConfigError(f"{w}: 'plan' must be a path")
     home = _home(raw["home"], w)
     wind = raw.get("wind")
@@ -115,7 +116,7 @@ def parse_dock_section(raw: object, base: Path, where: str) -> DockSection | Non
         drone_address=_address(raw["drone_address"], w),
         drone=drone,
         home=home,
-        plan_path=base / plan,
+        plan_path=None if plan is None else base / plan,
         wind_limit_mps=_number(raw, "wind_limit_mps", 10.0, w),
         wind_mps=wind_mps,
         wind_path=wind_path,

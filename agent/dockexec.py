@@ -14,8 +14,12 @@ durable and acts on them, the same way for a real dock and for simulators/docksi
   events to records, actions to the drone's link.
 
 The link to the drone is a `DroneLink` (start a mission, come home): the simulated drone
-(simulators/drone.py) is one; a real autopilot needs a MAVLink mission upload behind the same
-two methods, which does not exist yet (agent/mavlink.py only listens).
+(simulators/drone.py) is one; `MissionLink` (agent/mavmission.py: the MAVLink mission upload
+and commands, over UDP) is the one `picket agent run` uses (agent/dockrun.py).
+
+A mission survives the dock's restart: the MISSION record is stored in the same transaction
+as the number of its command (outbox meta `MISSION_CLOSED`), and `restore` takes up a DONE
+FLY_LINE newer than that (`Dock.resume`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.cmdexec import CommandExecutor
-from agent.commands import AbortMission, Command, CommandVerifier, FlyLine
+from agent.commands import (
+    AbortMission,
+    Command,
+    CommandType,
+    CommandVerifier,
+    FlyLine,
+    read_stored,
+)
 from agent.device import DeviceAgent
 from agent.dock import (
     Dock,
@@ -41,14 +52,16 @@ from agent.dock import (
     mission_body,
 )
 from agent.engine import Event
+from agent.errors import RecordError
 from agent.fix import TimeSource
 from agent.outbox import Stored
-from agent.records import CheckinKey, RecordType
+from agent.records import CheckinKey, Outcome, RecordType
 from agent.timekeeper import Stamp
 
 __all__ = ["DockAgent", "DockExecutor", "DroneLink"]
 
 log = logging.getLogger(__name__)
+MISSION_CLOSED = "dock.mission_closed"  # outbox meta: the newest FLY_LINE with a MISSION record
 
 
 class DroneLink(Protocol):
@@ -103,6 +116,33 @@ class DockExecutor(CommandExecutor):
 
     # -- commands --------------------------------------------------------------------------
 
+    def restore(self) -> None:
+        """At start-up, as any device; and a mission the dock was flying when it stopped
+        (its FLY_LINE answered DONE, no MISSION record since) is taken up (`Dock.resume`),
+        so that every mission the center was told of ends with a MISSION record."""
+        super().restore()
+        closed = self.agent.outbox.meta_int(MISSION_CLOSED) or 0
+        rows = [
+            row
+            for row in self.agent.outbox.answered_commands(int(CommandType.FLY_LINE))
+            if row.outcome == Outcome.DONE and row.number > closed
+        ]
+        if not rows:
+            return
+        row = rows[-1]
+        try:
+            body = read_stored(row.command).body
+        except RecordError as exc:
+            log.error("command %d in the outbox cannot be read again: %s", row.number, exc)
+            return
+        if not isinstance(body, FlyLine):
+            return
+        now = self.clock().time_ms
+        device, number = self.agent.device, row.number
+        log.warning("%s: took up mission %d (line %s) after a restart", device, number, body.line)
+        now_ms = row.time_ms if now is None else now
+        self.carry_out(self.dock.resume(number, body.line, body.priority, row.time_ms, now_ms))
+
     def problem(self, command: Command) -> str | None:
         body = command.body
         if isinstance(body, FlyLine):
@@ -144,9 +184,18 @@ class DockExecutor(CommandExecutor):
                 agent.record(RecordType.DOCK_STATE, o.time_ms, source, dock_state_body(o))
             elif isinstance(o, MissionSummary):
                 self.missions.append(o)
-                agent.record(RecordType.MISSION, o.time_ms, source, mission_body(o))
+                agent.record(
+                    RecordType.MISSION,
+                    o.time_ms,
+                    source,
+                    mission_body(o),
+                    meta=(MISSION_CLOSED, max(o.command, self._closed())),
+                )
             else:
                 agent.record_events([o])
+
+    def _closed(self) -> int:
+        return self.agent.outbox.meta_int(MISSION_CLOSED) or 0
 
     def _now(self) -> int:
         now = self.clock().time_ms

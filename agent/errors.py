@@ -20,6 +20,10 @@ class LocalError(AgentError):
     """The device's own state or environment failed."""
 
 
+class ConfigError(LocalError):
+    """The device's configuration (config.toml and the files it names) is wrong."""
+
+
 class RecordError(RemoteError):
     """A record is not a valid, correctly signed Picket COSE_Sign1."""
 

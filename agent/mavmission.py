@@ -24,6 +24,7 @@ back to it), a `DroneLink` for `DockExecutor` (agent/dockexec.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -33,13 +34,24 @@ from typing import Any, Final
 
 from pymavlink.dialects.v20 import common as mavlink2
 
+from agent.mavlink import DroneTelemetry
+
 log = logging.getLogger(__name__)
 
-__all__ = ["MissionLink", "MissionUploader", "Outcome", "Phase", "mission_items"]
+__all__ = [
+    "FIRST_WAYPOINT_ITEM",
+    "MissionLink",
+    "MissionUploader",
+    "Outcome",
+    "Phase",
+    "as_dock_numbering",
+    "mission_items",
+]
 
 DEFAULT_TIMEOUT_MS = 1500
 DEFAULT_RETRIES = 5
 TAKEOFF_MIN_M = 5.0
+FIRST_WAYPOINT_ITEM = 1  # item 0 of an upload is the take-off (`mission_items`)
 
 _FRAME: Final = int(mavlink2.MAV_FRAME_GLOBAL_RELATIVE_ALT_INT)
 _ID_MISSION_REQUEST_INT: Final = int(mavlink2.MAVLINK_MSG_ID_MISSION_REQUEST_INT)
@@ -87,6 +99,20 @@ def mission_items(waypoints: Sequence[tuple[float, float, float, float]]) -> lis
     items += [Item(int(mavlink2.MAV_CMD_NAV_WAYPOINT), a, o, h, s) for a, o, h, s in waypoints]
     items.append(Item(_CMD_RTL, 0.0, 0.0, 0.0))
     return items
+
+
+def as_dock_numbering(t: DroneTelemetry) -> DroneTelemetry:
+    """Telemetry of a mission uploaded by `mission_items`, numbered as the dock counts
+    (agent/dock.py): the autopilot reports item i + 1 for waypoint i and n + 1 for the
+    return; the take-off item reads as "on the way to waypoint 0", never as reached."""
+    seq, reached = t.mission_seq, t.reached
+    return dataclasses.replace(
+        t,
+        mission_seq=None if seq is None else max(0, seq - FIRST_WAYPOINT_ITEM),
+        reached=None
+        if reached is None or reached < FIRST_WAYPOINT_ITEM
+        else reached - FIRST_WAYPOINT_ITEM,
+    )
 
 
 class _Frames:

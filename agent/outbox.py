@@ -429,12 +429,22 @@ class Outbox:
         self._boot = boot
         return boot
 
-    def append(self, build: Builder, *, evictable: bool = False) -> Stored:
+    def append(
+        self, build: Builder, *, evictable: bool = False, meta: tuple[str, int] | None = None
+    ) -> Stored:
         """Number, sign (via `build`) and store one record atomically.
 
         `evictable` (health records only) lets the size cap delete it, oldest first.
+        `meta`: (key, value) written in the same transaction (`meta_int` reads it), for a
+        fact that must change exactly when the record is stored (a dock's closed mission).
         """
-        return self._append((build,), evictable)[0]
+        also = None if meta is None else (SET_META, (f"x:{meta[0]}", meta[1]))
+        return self._append((build,), evictable, also)[0]
+
+    def meta_int(self, key: str) -> int | None:
+        """A value `append(meta=...)` wrote (None: never written)."""
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (f"x:{key}",)).fetchone()
+        return row[0] if row is not None and isinstance(row[0], int) else None
 
     def append_many(self, builds: Iterable[Builder], *, evictable: bool = False) -> list[Stored]:
         """`append` for several records in one transaction: all are stored, or none.

@@ -50,6 +50,18 @@ class TimeKeeper:
         self._high = t
         return Stamp(t, source)
 
+    def observe_clock(self, time_ms: int, source: TimeSource, mono_ms: int) -> Stamp:
+        """Learn from a clock that comes without a fix (a dock's NTP-synced system clock):
+        believed when trusted and not behind the floor, else counted as distrusted and
+        ignored. Returns the time believed now."""
+        if source in TRUSTED and (self._high is None or time_ms >= self._high - TOLERANCE_MS):
+            self._offset = None
+            self._anchor = (time_ms, mono_ms, source)
+            self._high = max(time_ms, self._high or time_ms)
+        else:
+            self.distrusted += 1
+        return self.now(mono_ms)
+
     def observe(self, fix: Fix, mono_ms: int) -> Fix:
         """Learn from a fix's time, or restamp the fix when its time cannot be trusted."""
         if fix.time_ms is not None and fix.time_source in TRUSTED:

@@ -25,8 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.commands import Priority
 from agent.cose import PROTECTED_EDDSA, decode_sign1, sig_structure
 from agent.device import DeviceAgent, checkin_body, missed_body, suspicion_body
+from agent.dock import (
+    DockState,
+    MissionOutcome,
+    MissionSummary,
+    StateChange,
+    dock_state_body,
+    mission_body,
+)
 from agent.engine import CheckinEvent, MissedEvent, SuspicionEvent, SuspicionKind
 from agent.fix import Fix, Quality, TimeSource
 from agent.outbox import Outbox
@@ -132,6 +141,35 @@ def realistic_records(key: Ed25519PrivateKey) -> list[tuple[RecordType, bytes]]:
                     last_seq=1120,
                     bytes=18_240,
                     types=(RecordType.CHECKIN, RecordType.HEALTH),
+                )
+            ),
+        ),
+        (
+            RecordType.DOCK_STATE,
+            dock_state_body(
+                StateChange(
+                    t,
+                    DockState.RETURNING,
+                    DockState.ON_MISSION,
+                    "aborted by command 1207",
+                    41,
+                    "AL01",
+                )
+            ),
+        ),
+        (
+            RecordType.MISSION,
+            mission_body(
+                MissionSummary(
+                    t,
+                    "AL01",
+                    1207,
+                    Priority.FIRE,
+                    MissionOutcome.ABORTED,
+                    ("A01", "A02"),
+                    ("A03", "A04"),
+                    611,
+                    37,
                 )
             ),
         ),

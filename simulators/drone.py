@@ -24,7 +24,9 @@ power in forward flight plus profile and parasitic power (hover 560 W, about 450
 voltage follows a LiPo open-circuit curve minus the sag of the current drawn.
 
 Mission numbering (what MISSION_CURRENT and MISSION_ITEM_REACHED carry): item i is
-waypoint i (0-based); item n (n waypoints) is the return to launch.
+waypoint i (0-based); item n (n waypoints) is the return to launch. A mission uploaded over
+MAVLink is numbered as uploaded, as an autopilot numbers it: with a take-off item first
+(agent/mavmission.py), waypoint i is item i + 1 and the return n + 1 (`item_offset`).
 """
 
 from __future__ import annotations
@@ -251,6 +253,8 @@ class SimDrone:
     `heartbeat_period_ms` shortens the 1 Hz heartbeat so loss tests can be quick.
     """
 
+    item_offset = 0  # the reported item number of waypoint 0 (module docstring)
+
     def __init__(
         self,
         dock: tuple[float, float, float],
@@ -343,6 +347,7 @@ class SimDrone:
                 raise ValueError(f"bad waypoint {w}")
         self._advance(now_ms)
         self._waypoints = wps
+        self.item_offset = 0
         self._xy = [to_local(self.dock[0], self.dock[1], w.lat, w.lon) for w in wps]
         self._leg = 0
         self._hover_from = None
@@ -496,6 +501,16 @@ class SimDrone:
         return self._power_w
 
     @property
+    def uploaded_mission(self) -> list[tuple[int, float, float, float, float]]:
+        """The last mission uploaded over MAVLink: (command, lat, lon, z, param1) per item."""
+        return [] if self._control is None else list(self._control.mission)
+
+    @property
+    def commands_answered(self) -> list[tuple[int, int]]:
+        """(MAV_CMD, MAV_RESULT) of every COMMAND_LONG answered over MAVLink, oldest first."""
+        return [] if self._control is None else list(self._control.commands)
+
+    @property
     def mission_seq(self) -> int:
         return self._leg
 
@@ -608,7 +623,7 @@ class SimDrone:
         self._reached.append(self._leg)
         self._hover_from = self._t
         self._set_state(DroneState.HOVERING)
-        self._send_now(lambda mav: mav.mission_item_reached_send(self._leg))
+        self._send_now(lambda mav: mav.mission_item_reached_send(self._leg + self.item_offset))
 
     def _hover_so_far(self, index: int) -> float:
         if index == self._leg and self._hover_from is not None:
@@ -831,9 +846,9 @@ class SimDrone:
         )
 
     def _mission_current(self, mav: Any) -> None:
-        total = len(self._waypoints) + 1 if self._waypoints else 0
+        total = len(self._waypoints) + 1 + self.item_offset if self._waypoints else 0
         mode = 1 if self._state in AIRBORNE and self._state is not DroneState.RETURNING else 0
-        mav.mission_current_send(self._leg, total, self._mission_state, mode)
+        mav.mission_current_send(self._leg + self.item_offset, total, self._mission_state, mode)
 
 
 _CMD_NAV_WAYPOINT: Final = int(mavlink2.MAV_CMD_NAV_WAYPOINT)
@@ -852,7 +867,7 @@ class _MissionServer:
         self.parser.robust_parsing = True
         self.receiving: list[Any] | None = None  # items of an upload in progress
         self.peer = (255, 0)
-        self.mission: list[Any] = []  # the last complete upload
+        self.mission: list[tuple[int, float, float, float, float]] = []  # the last upload
         self.commands: list[tuple[int, int]] = []  # (command, result) answered, for tests
 
     def feed(self, data: bytes, now_ms: int) -> list[bytes]:
@@ -935,6 +950,9 @@ class _MissionServer:
             else:
                 try:
                     drone.start_mission(waypoints, now_ms)
+                    drone.item_offset = next(
+                        i for i, item in enumerate(self.mission) if item[0] == _CMD_NAV_WAYPOINT
+                    )
                     result = int(mavlink2.MAV_RESULT_ACCEPTED)
                 except (RuntimeError, ValueError):
                     result = int(mavlink2.MAV_RESULT_FAILED)

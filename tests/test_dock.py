@@ -455,6 +455,81 @@ def test_a_mission_refused_for_low_battery_is_answered_refused_with_the_reason(
         ]  # fmt: skip
 
 
+class _Unplugged:
+    """A link to the drone that loses everything: the dock died before it could send."""
+
+    def start_mission(self, waypoints: object, now_ms: int) -> None:
+        pass
+
+    def abort(self, now_ms: int) -> None:
+        pass
+
+
+def test_a_dock_stopped_between_the_receipt_and_the_upload_ends_the_mission_as_fault(
+    tmp_path: Path,
+) -> None:
+    bench = Bench()
+    with executor(tmp_path, bench) as ex:
+        bench.dock.observe_wind(3.0)
+        bench.run(3)
+        ex.link = _Unplugged()
+        assert ex.handle(_signed(FlyLine("AL01.1", Priority.CROWD), 1, bench.t)).outcome is (
+            Outcome.DONE
+        )
+    # ... the power went: the receipt is committed, the drone never heard of the mission
+    with executor(tmp_path, bench) as ex:
+        bench.dock.observe_wind(3.0)
+        ex.restore()
+        assert bench.dock.state is DockState.FAULT
+        bench.run(3)
+        [mission] = _records(ex.agent.outbox, RecordType.MISSION)
+        assert (mission[MissionKey.COMMAND], mission[MissionKey.OUTCOME]) == (
+            1,
+            MissionOutcome.FAULT,
+        )
+        assert mission[MissionKey.FLIGHT_S] == 0 and mission[MissionKey.MISSED] == ["A01"]
+        assert mission[MissionKey.PRIORITY] == Priority.CROWD
+        assert bench.drone_state() is DroneState.DOCKED
+        assert bench.dock.check_fly("AL01.1") is None  # the dock can fly again
+        reasons = [s.get(18) for s in _records(ex.agent.outbox, RecordType.DOCK_STATE)]
+        assert "restarted during a mission" in reasons
+
+
+def test_a_dock_restarted_mid_flight_brings_the_drone_home_and_records_the_mission_once(
+    tmp_path: Path,
+) -> None:
+    bench = Bench()
+    with executor(tmp_path, bench) as ex:
+        bench.dock.observe_wind(3.0)
+        bench.run(3)
+        assert ex.handle(_signed(FlyLine("AL01.1"), 1, bench.t)).outcome is Outcome.DONE
+        bench.run(30)
+        assert bench.drone.armed and bench.dock.state is DockState.ON_MISSION
+    with executor(tmp_path, bench) as ex:  # the dock restarts; the drone flies on meanwhile
+        bench.run(5)
+        bench.dock.observe_wind(3.0)
+        ex.restore()
+        bench.run_until(DockState.CHARGING, 600)  # landed, then charging
+        assert bench.drone_state() is DroneState.LANDED
+        changes = [(c[17], c[16]) for c in _records(ex.agent.outbox, RecordType.DOCK_STATE)]
+        assert changes[-4:] == [  # told to come home at the first reading
+            (DockState.DOCKED, DockState.FAULT),  # a restarted dock starts docked
+            (DockState.FAULT, DockState.RETURNING),
+            (DockState.RETURNING, DockState.LANDED),
+            (DockState.LANDED, DockState.CHARGING),
+        ]
+        [mission] = _records(ex.agent.outbox, RecordType.MISSION)
+        assert (mission[MissionKey.COMMAND], mission[MissionKey.OUTCOME]) == (
+            1,
+            MissionOutcome.FAULT,
+        )
+        assert mission[MissionKey.FLIGHT_S] > 0
+    with executor(tmp_path, bench) as ex:  # and again: the mission is closed, nothing to take up
+        ex.restore()
+        assert bench.dock.state is DockState.DOCKED and bench.dock.flight is None
+        assert len(_records(ex.agent.outbox, RecordType.MISSION)) == 1
+
+
 def test_a_handset_refuses_the_docks_commands(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "outbox.db", "d01")
     box.begin_boot()

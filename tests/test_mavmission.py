@@ -8,7 +8,8 @@ from typing import Any
 
 from pymavlink.dialects.v20 import common as mavlink2
 
-from agent.mavmission import MissionLink, MissionUploader, Phase
+from agent.mavlink import Change, MavlinkDecoder
+from agent.mavmission import MissionLink, MissionUploader, Phase, as_dock_numbering
 from simulators.drone import DroneState, SimDrone
 
 T0 = 1_780_000_000_000
@@ -106,3 +107,30 @@ async def test_the_mission_link_uploads_over_udp() -> None:
         task.cancel()
         assert link.uploader.outcome is not None and link.uploader.outcome.ok
         assert d.state is DroneState.TAKING_OFF
+
+
+def test_an_uploaded_mission_is_numbered_as_uploaded_and_renumbered_for_the_dock() -> None:
+    """The autopilot counts the take-off item: waypoint 0 is item 1, the return item 2. The
+    dock counts waypoints: `as_dock_numbering` gives it waypoint 0, then 1 (= n: coming home)."""
+    d, up = drone(), MissionUploader()
+    exchange(up, d, up.start(WAYPOINTS, T0), T0)
+    assert [item[0] for item in d.uploaded_mission] == [
+        mavlink2.MAV_CMD_NAV_TAKEOFF,
+        mavlink2.MAV_CMD_NAV_WAYPOINT,
+        mavlink2.MAV_CMD_NAV_RETURN_TO_LAUNCH,
+    ]
+    decoder = MavlinkDecoder()
+    raw: list[tuple[int | None, int | None]] = []
+    seen: list[tuple[int | None, int | None]] = []
+    t = T0
+    while state(d) is not DroneState.LANDED and t < T0 + 300_000:
+        t += 500
+        for datagram in d.step(t):
+            for telemetry in decoder.feed(datagram, t):
+                if telemetry.changed & (Change.MISSION | Change.REACHED):
+                    raw.append((telemetry.mission_seq, telemetry.reached))
+                    mine = as_dock_numbering(telemetry)
+                    seen.append((mine.mission_seq, mine.reached))
+    assert (1, 1) in raw and (0, 0) in seen  # waypoint 0 reached, as item 1
+    assert raw[-1][0] == 2 and seen[-1][0] == 1  # the return: item 2, the dock's n
+    assert all(reached is None or reached == 0 for _, reached in seen)

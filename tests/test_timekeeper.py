@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from agent.fix import Fix, TimeSource
 from agent.outbox import Outbox
-from agent.timekeeper import TOLERANCE_MS, TimeKeeper
+from agent.timekeeper import TOLERANCE_MS, Stamp, TimeKeeper
 
 T = 1_772_323_200_000  # 2026-03-01T00:00:00Z
 
@@ -104,3 +104,15 @@ def test_a_distrusted_receiver_keeps_its_rhythm() -> None:
     # once the receiver has the right time again, it is believed again
     back = k.observe(fix(T + 10_000), 0)
     assert back.time_source == TimeSource.GNSS and back.time_ms == T + 10_000
+
+
+def test_a_docks_system_clock_anchors_time_unless_it_is_behind_the_floor() -> None:
+    k = TimeKeeper(persisted_ms=T, mono_ms=0)
+    # an NTP-synced clock ahead of the floor is believed
+    assert k.observe_clock(T + 60_000, TimeSource.NTP, 1_000) == Stamp(T + 60_000, TimeSource.NTP)
+    assert k.now(2_000) == Stamp(T + 61_000, TimeSource.NTP)
+    # a clock that reset to 1970 is not: time carries on from what was believed
+    assert k.observe_clock(5_000, TimeSource.NTP, 3_000) == Stamp(T + 62_000, TimeSource.NTP)
+    assert k.distrusted == 1
+    # nor is a clock whose source is not trusted
+    assert k.observe_clock(T + 90_000, TimeSource.PERSISTED, 4_000).time_ms == T + 63_000
