@@ -80,6 +80,7 @@ __all__ = [
     "sortie_plan",
 ]
 
+CHARGER_W = 400.0  # the dock's charger: an empty 266 Wh pack full in about 40 minutes
 START_MS = 1_772_330_400_000  # 2026-03-01 10:00 in the district (UTC+8): AL01's window
 STEP_MS = 1000
 COMMAND_TTL_S = 120
@@ -402,12 +403,14 @@ class _Sim:
         """The simulated drone on the dock's pad, sending to the dock's MAVLink socket."""
         site = self.site
         assert source.address is not None
-        return SimDrone(
+        drone = SimDrone(
             (site.lat, site.lon, site.alt_m),
             rng=random.Random(f"picket-docksim-drone:{self.opts.seed}"),
             now_ms=self.start_ms,
             target=source.address,
         )
+        drone.charger_w = CHARGER_W  # the dock charges its drone between flights
+        return drone
 
     def truth(self, drone: SimDrone) -> list[Stay]:
         """The check-ins the drone's true track calls for, at the points of the dock's line."""

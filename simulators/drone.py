@@ -21,7 +21,9 @@ hover begins, when the drone is within WP_RADIUS_M of it in 3D (as ArduCopter's
 WPNAV_RADIUS); MISSION_ITEM_REACHED goes out then. Power: momentum theory for induced
 power in forward flight plus profile and parasitic power (hover 560 W, about 450 W at
 10 m/s), climbing costs m·g·v/η; a 6S 12 Ah pack gives about 28 minutes of hover. Battery
-voltage follows a LiPo open-circuit curve minus the sag of the current drawn.
+voltage follows a LiPo open-circuit curve minus the sag of the current drawn. On the pad,
+disarmed, a dock's charger (`charger_w`, off by default) fills the pack: 400 W, the docks'
+figure (simulators/docksim.py), takes an empty pack to full in about 40 minutes.
 
 Mission numbering (what MISSION_CURRENT and MISSION_ITEM_REACHED carry): item i is
 waypoint i (0-based); item n (n waypoints) is the return to launch. A mission uploaded over
@@ -254,6 +256,7 @@ class SimDrone:
     """
 
     item_offset = 0  # the reported item number of waypoint 0 (module docstring)
+    charger_w = 0.0  # the dock's charger, while the drone sits disarmed on the pad
 
     def __init__(
         self,
@@ -671,14 +674,17 @@ class SimDrone:
             power = flight_power_w(math.hypot(*self._vel), self._vup) + P_AVIONICS_W
         elif self._armed:
             power = P_IDLE_W + P_AVIONICS_W
+        elif self._state in (DroneState.DOCKED, DroneState.LANDED) and self._soc < 1.0:
+            power = P_AVIONICS_W - self.charger_w  # on the pad: the dock's charger
         else:
             power = P_AVIONICS_W
         self._power_w = power
         joules = power * dt
-        self._soc = max(0.0, self._soc - joules / (ENERGY_WH * 3600))
+        self._soc = min(1.0, max(0.0, self._soc - joules / (ENERGY_WH * 3600)))
         self._mv = self._pack_mv()
-        self._consumed_mah += self._current_a() * dt / 3.6
-        self._consumed_hj += joules / 100
+        if power > 0:  # (the autopilot counts what was drawn, not what was charged)
+            self._consumed_mah += self._current_a() * dt / 3.6
+            self._consumed_hj += joules / 100
         if (
             self._state in (DroneState.EN_ROUTE, DroneState.HOVERING, DroneState.TAKING_OFF)
             and self.battery_pct < LOW_BATTERY_PCT

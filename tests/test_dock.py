@@ -64,7 +64,7 @@ from center.commands import CommandSigner, publish, receipts
 from picket import dockcmd
 from provisioning.registry import Registry
 from simulators.bigdistrict import District, generate
-from simulators.docksim import expected_checkins, sortie_plan
+from simulators.docksim import CHARGER_W, expected_checkins, sortie_plan
 from simulators.drone import DroneState, SimDrone
 
 T0 = 1_772_330_400_000  # 2026-03-01 10:00 in the district
@@ -240,6 +240,22 @@ def test_on_the_pad_the_dock_charges_until_ready_and_tops_up() -> None:
         (DockState.READY, DockState.CHARGING, 89),
         (DockState.CHARGING, DockState.READY, 97),
     ]
+
+
+def test_a_drone_on_the_docks_charger_is_reported_charging_then_ready() -> None:
+    """The same over MAVLink from the simulated drone, whose pack the dock's charger fills."""
+    bench = Bench(battery_pct=80)
+    bench.drone.charger_w = CHARGER_W
+    bench.run(3)
+    assert bench.dock.state is DockState.CHARGING
+    bench.run_until(DockState.READY, 900)
+    minutes = (bench.t - T0) / 60_000
+    assert 4 < minutes < 10  # 15 % of a 266 Wh pack at ~390 W net
+    assert [(c.state, c.reason) for c in bench.changes()] == [
+        (DockState.CHARGING, None),
+        (DockState.READY, "charged"),
+    ]
+    assert bench.drone.battery_pct >= 95
 
 
 def test_a_mission_goes_through_every_state_and_is_summed_up() -> None:
