@@ -20,13 +20,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dockchild import fast_clock
 from peers import TlsFleet, running_center, wait_for
 
-from agent.commands import FlyLine, Priority
+from agent.commands import Command, FlyLine, Priority
 from agent.config import load_config
 from agent.daemon import AgentRun
 from agent.dock import DockState, MissionOutcome
@@ -127,10 +128,50 @@ def states(records: list[Record]) -> list[DockState]:
     return [DockState(r.body[DockStateKey.STATE]) for r in of_type(records, RecordType.DOCK_STATE)]
 
 
+@dataclass
+class World:
+    """A dock d01 provisioned in `fleet`, its simulated drone, the center over TLS."""
+
+    fleet: TlsFleet
+    drone: SimDrone
+    config: Path
+    db: Path
+    clock: Callable[[], int]
+
+    def records(self) -> list[Record]:
+        return center_records(self.db, self.fleet.registry)
+
+    def states(self) -> list[DockState]:
+        return states(self.records())
+
+    async def fly(self, line: str, priority: Priority = Priority.ROUTINE) -> Command:
+        """The operator sends FLY_LINE `line` to d01; the signed command."""
+        tls = self.fleet.center_context()
+        with CommandSigner(self.fleet.fleet.center_key, self.db) as signer:
+            fly = signer.build("d01", FlyLine(line, priority), now_ms=self.clock(), ttl_s=600)
+        await publish(self.fleet.broker.host, self.fleet.broker.port, "d01", fly.raw, tls=tls)
+        return fly
+
+
 @contextlib.asynccontextmanager
-async def flying(drone: SimDrone, clock: Callable[[], int]) -> AsyncIterator[None]:
-    """The drone lives on `clock`: stepped (its telemetry sent) and served (commands
-    answered) every 10 ms of real time."""
+async def dock_world(
+    tmp_path: Path, fleet: TlsFleet, seed: int, clock: Callable[[], int]
+) -> AsyncIterator[World]:
+    """`World` with the center running; the drone lives on `clock` (stepped, its telemetry
+    sent, and served, commands answered) every 10 ms of real time, until `flying` ends."""
+    port = free_udp_port()
+    with SimDrone(HOME, rng=random.Random(seed), now_ms=clock(), target=("127.0.0.1", port)) as d:
+        config = dock_device(fleet, port, d.listen())
+        world = World(fleet, d, config, tmp_path / "center.db", clock)
+        async with running_center(
+            tmp_path, fleet.registry, fleet.broker, tls=fleet.center_context()
+        ):
+            yield world
+
+
+@contextlib.asynccontextmanager
+async def flying(world: World) -> AsyncIterator[None]:
+    drone, clock = world.drone, world.clock
 
     async def live() -> None:
         while True:
@@ -159,47 +200,29 @@ async def test_a_line_commanded_from_the_center_is_uploaded_over_mavlink_flown_a
     def wall_ms() -> int:
         return w0 + mono_ms()
 
-    center_tls = tls_fleet.center_context()
-    db = tmp_path / "center.db"
-    port = free_udp_port()
-    with SimDrone(
-        HOME, rng=random.Random(3), now_ms=wall_ms(), target=("127.0.0.1", port)
-    ) as drone:
-        config = dock_device(tls_fleet, port, drone.listen())
-        run = AgentRun(load_config(config), mono_ms=mono_ms, wall_ms=wall_ms)
-        async with running_center(tmp_path, tls_fleet.registry, tls_fleet.broker, tls=center_tls):
-            agent_task = asyncio.create_task(run.run(), name="dock")
-            try:
-                async with flying(drone, wall_ms):
-                    await wait_for(
-                        lambda: run.dock is not None and run.dock.dock.state is DockState.READY,
-                        20,
-                        "the dock to see its charged drone",
-                    )
-                    with CommandSigner(tls_fleet.fleet.center_key, db) as signer:
-                        fly = signer.build(
-                            "d01", FlyLine("S1", Priority.FIRE), now_ms=wall_ms(), ttl_s=600
-                        )
-                    await publish(
-                        tls_fleet.broker.host, tls_fleet.broker.port, "d01", fly.raw,
-                        tls=center_tls,
-                    )  # fmt: skip
-                    records: list[Record] = []
-
-                    def landed() -> bool:
-                        records[:] = center_records(db, tls_fleet.registry)
-                        return bool(of_type(records, RecordType.MISSION))
-
-                    await wait_for(landed, 90, "the mission's summary at the center")
-                    track = drone.track
-                    uploaded = drone.uploaded_mission
-            finally:
-                run.stop()
-                await asyncio.wait_for(agent_task, timeout=20)
-
+    async with dock_world(tmp_path, tls_fleet, 3, wall_ms) as world:
+        run = AgentRun(load_config(world.config), mono_ms=mono_ms, wall_ms=wall_ms)
+        agent_task = asyncio.create_task(run.run(), name="dock")
+        try:
+            async with flying(world):
+                await wait_for(
+                    lambda: run.dock is not None and run.dock.dock.state is DockState.READY,
+                    20,
+                    "the dock to see its charged drone",
+                )
+                fly = await world.fly("S1", Priority.FIRE)
+                await wait_for(
+                    lambda: of_type(world.records(), RecordType.MISSION),
+                    90,
+                    "the mission's summary at the center",
+                )
+        finally:
+            run.stop()
+            await asyncio.wait_for(agent_task, timeout=20)
+    records, drone = world.records(), world.drone
     # the mission went over MAVLink as an autopilot takes it: take-off, the point, return
-    assert [item[0] for item in uploaded] == [22, 16, 20]  # NAV_TAKEOFF, NAV_WAYPOINT, RTL
-    [receipt] = receipts(db, ["d01"])
+    assert [item[0] for item in drone.uploaded_mission] == [22, 16, 20]  # TAKEOFF, WAYPOINT, RTL
+    [receipt] = receipts(world.db, ["d01"])
     assert (receipt.number, receipt.outcome) == (fly.number, Outcome.DONE)
     assert states(records)[:5] == [
         DockState.READY,  # charged on the pad
@@ -208,7 +231,9 @@ async def test_a_line_commanded_from_the_center_is_uploaded_over_mavlink_flown_a
         DockState.RETURNING,
         DockState.LANDED,
     ]
-    truth = expected_checkins(track, load_plan(config.parent / "aerial.geojson"), ["X1"])
+    truth = expected_checkins(
+        drone.track, load_plan(world.config.parent / "aerial.geojson"), ["X1"]
+    )
     [checkin] = of_type(records, RecordType.CHECKIN)
     assert (checkin.body[CheckinKey.POINT], checkin.body[CheckinKey.DRONE]) == ("X1", "u07")
     assert len(truth) == 1
@@ -228,41 +253,26 @@ async def test_picket_agent_run_as_a_dock_reports_its_drone_and_a_lost_heartbeat
     def wall_ms() -> int:
         return int(time.time() * 1000)
 
-    center_tls = tls_fleet.center_context()
-    db = tmp_path / "center.db"
-    port = free_udp_port()
-    with SimDrone(
-        HOME, rng=random.Random(4), now_ms=wall_ms(), target=("127.0.0.1", port)
-    ) as drone:
-        config = dock_device(tls_fleet, port, drone.listen())
-        async with running_center(tmp_path, tls_fleet.registry, tls_fleet.broker, tls=center_tls):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "picket", "-v", "agent", "run", "--config", str(config),
-                stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            try:
-                async with flying(drone, wall_ms):
-                    await wait_for(
-                        lambda: DockState.READY in states(center_records(db, tls_fleet.registry)),
-                        30,
-                        "the dock's READY at the center",
-                    )
-                # the drone falls silent: the dock says so
-                await wait_for(
-                    lambda: DockState.FAULT in states(center_records(db, tls_fleet.registry)),
-                    30,
-                    "the dock's FAULT at the center",
-                )
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+    async with dock_world(tmp_path, tls_fleet, 4, wall_ms) as world:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "picket", "-v", "agent", "run", "--config", str(world.config),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with flying(world):
+                await wait_for(lambda: DockState.READY in world.states(), 30, "READY")
+            # the drone falls silent: the dock says so
+            await wait_for(lambda: DockState.FAULT in world.states(), 30, "FAULT")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
     log = err.decode()
     assert proc.returncode == 0, log
     assert "Traceback" not in log
     assert "dock of drone u07" in log and "GNSS none" in log
     [fault] = [
         r
-        for r in of_type(center_records(db, tls_fleet.registry), RecordType.DOCK_STATE)
+        for r in of_type(world.records(), RecordType.DOCK_STATE)
         if r.body[DockStateKey.STATE] == DockState.FAULT
     ]
     assert fault.body[DockStateKey.REASON] == "heartbeat lost"
@@ -279,52 +289,36 @@ async def test_a_dock_killed_mid_flight_takes_the_mission_up_brings_the_drone_ho
     def clock() -> int:
         return fast_clock(epoch, SPEEDUP)
 
-    center_tls = tls_fleet.center_context()
-    db = tmp_path / "center.db"
-    port = free_udp_port()
-
-    def records() -> list[Record]:
-        return center_records(db, tls_fleet.registry)
-
-    async def start() -> asyncio.subprocess.Process:
+    async def start(config: Path) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             sys.executable, str(Path(__file__).with_name("dockchild.py")), str(config),
             str(epoch), str(SPEEDUP), stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
 
-    with SimDrone(HOME, rng=random.Random(6), now_ms=clock(), target=("127.0.0.1", port)) as drone:
-        config = dock_device(tls_fleet, port, drone.listen())
-        async with running_center(tmp_path, tls_fleet.registry, tls_fleet.broker, tls=center_tls):
-            first = await start()
-            second: asyncio.subprocess.Process | None = None
-            try:
-                async with flying(drone, clock):
-                    await wait_for(lambda: DockState.READY in states(records()), 30, "READY")
-                    with CommandSigner(tls_fleet.fleet.center_key, db) as signer:
-                        fly = signer.build("d01", FlyLine("S1"), now_ms=clock(), ttl_s=600)
-                    await publish(
-                        tls_fleet.broker.host, tls_fleet.broker.port, "d01", fly.raw,
-                        tls=center_tls,
-                    )  # fmt: skip
-                    await wait_for(
-                        lambda: DockState.ON_MISSION in states(records()), 30, "ON_MISSION"
-                    )
-                    first.kill()
-                    await first.wait()
-                    assert drone.armed  # flying on, its dock dead
-                    before = records()
-                    second = await start()
-                    await wait_for(
-                        lambda: of_type(records(), RecordType.MISSION), 90, "the mission record"
-                    )
-                    rtl = drone.commands_answered
-            finally:
-                for proc in (first, second):
-                    if proc is not None and proc.returncode is None:
-                        proc.send_signal(signal.SIGTERM)
-                        await asyncio.wait_for(proc.communicate(), timeout=20)
+    async with dock_world(tmp_path, tls_fleet, 6, clock) as world:
+        drone = world.drone
+        first = await start(world.config)
+        second: asyncio.subprocess.Process | None = None
+        try:
+            async with flying(world):
+                await wait_for(lambda: DockState.READY in world.states(), 30, "READY")
+                fly = await world.fly("S1")
+                await wait_for(lambda: DockState.ON_MISSION in world.states(), 30, "ON_MISSION")
+                first.kill()
+                await first.wait()
+                assert drone.armed  # flying on, its dock dead
+                before = world.records()
+                second = await start(world.config)
+                await wait_for(
+                    lambda: of_type(world.records(), RecordType.MISSION), 90, "the mission record"
+                )
+        finally:
+            for proc in (first, second):
+                if proc is not None and proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.wait_for(proc.communicate(), timeout=20)
     assert second is not None and second.returncode == 0
-    after = records()
+    after = world.records()
     assert [r.raw for r in before] == [r.raw for r in after[: len(before)]]  # nothing lost
     assert len({(r.header.boot, r.header.seq) for r in after}) == len(after)  # nor doubled
     [mission] = of_type(after, RecordType.MISSION)
@@ -334,5 +328,5 @@ async def test_a_dock_killed_mid_flight_takes_the_mission_up_brings_the_drone_ho
     )
     reasons = [r.body.get(DockStateKey.REASON) for r in of_type(after, RecordType.DOCK_STATE)]
     assert "restarted during a mission" in reasons
-    assert (20, 0) in rtl  # MAV_CMD_NAV_RETURN_TO_LAUNCH, accepted: the dock called it home
+    assert (20, 0) in drone.commands_answered  # NAV_RETURN_TO_LAUNCH accepted: called home
     assert not drone.armed  # and it landed
