@@ -152,6 +152,7 @@ class _State:
     mismatch_since: int | None = None  # positions began to contradict Doppler
     still: deque[Fix] = field(default_factory=deque)  # fixes since Doppler last said moving
     distrust_still: bool = False  # a mismatch was seen: distrust until Doppler says moving
+    moving_ms: int | None = None  # the newest fix whose Doppler did not say still
 
     def clone(self) -> _State:
         return _State(
@@ -164,6 +165,7 @@ class _State:
             self.mismatch_since,
             deque(self.still),
             self.distrust_still,
+            self.moving_ms,
         )
 
 
@@ -306,7 +308,14 @@ class CheckinEngine:
         return events
 
     def _candidates(self, st: _State, fix: Fix) -> list[Point]:
-        found = {p.id: p for p in self._grid.near(fix.lat, fix.lon)}
+        """Points with an open visit, and those of the fix's cell it may be inside: a point
+        farther by latitude alone than its radius is not (a great circle is never shorter)."""
+        lat = fix.lat
+        found = {
+            p.id: p
+            for p in self._grid.near(lat, fix.lon)
+            if abs(lat - p.lat) * M_PER_DEG_LAT <= p.radius_m + 0.001
+        }
         for pid in st.open:
             if pid not in found:
                 found[pid] = self.plan.point(pid)
@@ -323,6 +332,7 @@ class CheckinEngine:
 
     def _visit_step(self, st: _State, p: Point, fix: Fix, speed: float) -> list[Event]:
         assert fix.time_ms is not None and fix.accuracy_m is not None
+        v = st.open.get(p.id)
         t = fix.time_ms
         d = distance_m(fix.lat, fix.lon, p.lat, p.lon)
         good = fix.accuracy_m <= p.radius_m * ACCURACY_FRACTION
@@ -331,7 +341,6 @@ class CheckinEngine:
             and p.alt_min_m <= fix.alt_m <= (p.alt_max_m if p.alt_max_m is not None else math.inf)
         )
         inside = d <= p.radius_m and in_band
-        v = st.open.get(p.id)
         if v is None:
             if not inside:
                 return []
@@ -426,6 +435,8 @@ class CheckinEngine:
                     v.suspect = True
                 st.recent.clear()
         st.recent.append(fix)
+        if fix.speed_mps is None or fix.speed_mps > STILL_MPS:
+            st.moving_ms = fix.time_ms
         while (
             st.recent
             and st.recent[0].time_ms is not None
@@ -444,8 +455,9 @@ class CheckinEngine:
             return []
         span_s = (fix.time_ms - first.time_ms) / 1000
         d = 0.0
-        if span_s >= MISMATCH_WINDOW_S * 0.8 and all(
-            f.speed_mps is not None and f.speed_mps <= STILL_MPS for f in st.recent
+        # every fix of the window says still: none moving since its first (`moving_ms`)
+        if span_s >= MISMATCH_WINDOW_S * 0.8 and (
+            st.moving_ms is None or st.moving_ms < first.time_ms
         ):
             d = distance_m(first.lat, first.lon, fix.lat, fix.lon)
         if d < 40.0 + 3 * (first.accuracy_m + fix.accuracy_m) or d / span_s < MISMATCH_SPEED_MPS:
@@ -479,12 +491,15 @@ class CheckinEngine:
         span_s = (fix.time_ms - (st.still[0].time_ms or 0)) / 1000
         if span_s < DRAG_MIN_S or len(st.still) < 2 * DRAG_EDGE:
             return []
-        head, tail = list(st.still)[:DRAG_EDGE], list(st.still)[-DRAG_EDGE:]
+        still = st.still
+        head = [still[i] for i in range(DRAG_EDGE)]  # (a deque indexes its ends in O(1))
+        tail = [still[i] for i in range(-DRAG_EDGE, 0)]
         lat0, lon0 = _median([f.lat for f in head]), _median([f.lon for f in head])
         lat1, lon1 = _median([f.lat for f in tail]), _median([f.lon for f in tail])
-        acc = _median([f.accuracy_m or 0.0 for f in st.still])
         d = distance_m(lat0, lon0, lat1, lon1)
-        if d <= 10.0 + 5 * acc or d / span_s < DRAG_SPEED_MPS:
+        if d <= 10.0 or d / span_s < DRAG_SPEED_MPS:
+            return []  # (the usual case, decided before the accuracy median of the window)
+        if d <= 10.0 + 5 * _median([f.accuracy_m or 0.0 for f in still]):
             return []
         st.still.clear()
         return self._mismatch(st, fix, d / span_s)
