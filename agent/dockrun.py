@@ -131,6 +131,7 @@ class DockRole:
         """The drone's telemetry and the mission link, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.link.run(), name="mission-link")
+            await self.link.ready.wait()  # what the first reading decides can be sent
             tg.create_task(self._read(), name="mavlink")
 
     async def _read(self) -> None:
