@@ -133,6 +133,11 @@ class Bench:
         else:
             self.carry(self.dock.telemetry(telemetry))
 
+    def settle(self) -> None:
+        """A calm day (3 m/s) and three seconds of telemetry: the dock knows its drone."""
+        self.dock.observe_wind(3.0)
+        self.run(3)
+
     def run_until(self, state: DockState, within_s: int) -> None:
         for _ in range(within_s):
             if self.dock.state is state:
@@ -486,8 +491,7 @@ def test_a_dock_stopped_between_the_receipt_and_the_upload_ends_the_mission_as_f
 ) -> None:
     bench = Bench()
     with executor(tmp_path, bench) as ex:
-        bench.dock.observe_wind(3.0)
-        bench.run(3)
+        bench.settle()
         ex.link = _Unplugged()
         assert ex.handle(_signed(FlyLine("AL01.1", Priority.CROWD), 1, bench.t)).outcome is (
             Outcome.DONE
@@ -516,8 +520,7 @@ def test_a_dock_restarted_mid_flight_brings_the_drone_home_and_records_the_missi
 ) -> None:
     bench = Bench()
     with executor(tmp_path, bench) as ex:
-        bench.dock.observe_wind(3.0)
-        bench.run(3)
+        bench.settle()
         assert ex.handle(_signed(FlyLine("AL01.1"), 1, bench.t)).outcome is Outcome.DONE
         bench.run(30)
         assert bench.drone.armed and bench.dock.state is DockState.ON_MISSION
@@ -568,8 +571,7 @@ def test_a_handset_refuses_the_docks_commands(tmp_path: Path) -> None:
 def test_an_aerial_checkin_names_the_drone_and_stays_small(tmp_path: Path) -> None:
     bench = Bench()
     with executor(tmp_path, bench) as ex:
-        bench.dock.observe_wind(3.0)
-        bench.run(3)
+        bench.settle()
         assert ex.handle(_signed(FlyLine("AL01.1"), 1, bench.t)).outcome is Outcome.DONE
         bench.run(10)
         bench.run_until(DockState.CHARGING, 600)
