@@ -8,6 +8,7 @@
     wind_limit_mps = 10.0             # optional
     wind = 4.0                        # optional: a fixed wind (m/s), or a path to a file
                                       # holding the latest reading (read at every tick)
+    wind_max_age_s = 300.0            # optional: an older wind file is no reading at all
     reserve_pct = 20.0                # optional
     plan = "aerial.geojson"           # optional: the aerial plan (docs/plans.md); without it
                                       # the config's top-level `plan`
@@ -18,6 +19,7 @@ running dock (agent/dockrun.py) at every tick.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ _KEYS = {
     "home",
     "wind_limit_mps",
     "wind",
+    "wind_max_age_s",
     "reserve_pct",
     "plan",
 }
@@ -49,6 +52,7 @@ class DockSection:
     wind_mps: float | None = None
     wind_path: Path | None = None
     reserve_pct: float = 20.0
+    wind_max_age_s: float = 300.0
 
 
 def _number(table: dict[str, object], key: str, default: float, where: str) -> float:
@@ -121,15 +125,29 @@ def parse_dock_section(raw: object, base: Path, where: str) -> DockSection | Non
         wind_mps=wind_mps,
         wind_path=wind_path,
         reserve_pct=reserve,
+        wind_max_age_s=_max_age(raw, w),
     )
 
 
-def read_wind(section: DockSection) -> float | None:
-    """The wind now: the fixed value, or the file's number (None: unreadable, no reading)."""
+def _max_age(raw: dict[str, object], where: str) -> float:
+    age = _number(raw, "wind_max_age_s", 300.0, where)
+    if age == 0:
+        raise ConfigError(f"{where}: 'wind_max_age_s' must be above 0")
+    return age
+
+
+def read_wind(section: DockSection, now_s: float | None = None) -> float | None:
+    """The wind now: the fixed value, or the file's number. None: no reading — the file is
+    unreadable, or older than `wind_max_age_s` by its modification time against the system
+    clock (`now_s`, default now): a sensor that stopped writing must not keep a calm day."""
     if section.wind_path is None:
         return section.wind_mps
     try:
-        value = float(section.wind_path.read_text(encoding="utf-8").split()[0])
+        path = section.wind_path
+        age = (time.time() if now_s is None else now_s) - path.stat().st_mtime
+        if age > section.wind_max_age_s:
+            return None
+        value = float(path.read_text(encoding="utf-8").split()[0])
     except (OSError, ValueError, IndexError):
         return None
     return value if value >= 0 else None

@@ -24,6 +24,10 @@ def test_a_dock_section_is_read_with_its_defaults_and_a_wind_file(tmp_path: Path
     assert read_wind(s) is None
     (tmp_path / "wind.txt").write_text("7.5\n")
     assert read_wind(s) == 7.5
+    # a sensor that stopped writing: after wind_max_age_s (300 s) its last figure is no reading
+    mtime = (tmp_path / "wind.txt").stat().st_mtime
+    assert read_wind(s, now_s=mtime + 299) == 7.5
+    assert read_wind(s, now_s=mtime + 301) is None
     fixed = parse_dock_section({**GOOD, "wind": 3}, tmp_path, "c")
     assert fixed is not None and read_wind(fixed) == 3.0
 
@@ -35,6 +39,7 @@ def test_a_dock_section_is_read_with_its_defaults_and_a_wind_file(tmp_path: Path
         ({"home": [1, 2]}, "home"),
         ({"mavlink": "ftp://x"}, "mavlink"),
         ({"reserve_pct": 100}, "reserve_pct"),
+        ({"wind_max_age_s": 0}, "wind_max_age_s"),
         ({"typo": 1}, "unknown"),
     ],
 )
