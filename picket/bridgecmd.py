@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from picket.argtypes import positive_int
+from picket.report import print_report
 
 if TYPE_CHECKING:
     from firmware_bridge.host import BridgeStats
@@ -277,12 +278,7 @@ def _soak(args: argparse.Namespace, out: TextIO) -> int:
     if args.ber and not args.sim:
         raise BridgeInputError("--ber injects errors in the simulator: it needs --sim")
     report = asyncio.run(soak_report(args))
-    if args.json:
-        print(json.dumps(report, sort_keys=True), file=out)
-    else:
-        width = max(len(k) for k in report)
-        for k, v in report.items():
-            print(f"{k:<{width}}  {v}", file=out)
+    print_report(report, args.json, out)
     ok = report["corrupted_accepted"] == 0 and report["requests_failed"] == 0
     return EXIT_OK if ok else EXIT_FAILED
 

@@ -31,6 +31,7 @@ from picket import (
     simcmd,
 )
 from picket.argtypes import center_tls, positive_int, tls_dir
+from picket.report import print_report
 
 if TYPE_CHECKING:
     from simulators.faults import FaultKind
@@ -140,12 +141,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         report = asyncio.run(run_demo(opts, Progress()))
     except DemoError as exc:
         raise BadInput(str(exc)) from exc
-    if args.json:
-        print(json.dumps(report, sort_keys=True))
-    else:
-        width = max(len(k) for k in report)
-        for k, v in report.items():
-            print(f"{k:<{width}}  {v}")
+    print_report(report, args.json)
     ok = report["records_lost"] == 0 and report["records_duplicated"] == 0 and report["drained"]
     return EXIT_OK if ok else EXIT_FAILED
 

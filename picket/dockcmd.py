@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 
 from picket.argtypes import positive_int
+from picket.report import print_report
 
 __all__ = ["add_arguments", "dock"]
 
@@ -70,12 +70,7 @@ def dock(args: argparse.Namespace) -> int:
     except DockSimError as exc:
         print(f"picket: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if args.json:
-        print(json.dumps(report, sort_keys=True))
-    else:
-        width = max(len(k) for k in report)
-        for k, v in report.items():
-            print(f"{k:<{width}}  {v}")
+    print_report(report, args.json)
     ok = (
         report.get("records_lost") == 0
         and report.get("records_duplicated") == 0

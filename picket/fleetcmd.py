@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 
 from picket.argtypes import positive_int
+from picket.report import print_report
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -108,11 +108,6 @@ def fleet(args: argparse.Namespace) -> int:
     except (FleetError, ScenarioError, RosterError) as exc:
         print(f"picket: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.json:
-        print(json.dumps(report, sort_keys=True))
-    else:
-        width = max(len(k) for k in report)
-        for k, v in report.items():
-            print(f"{k:<{width}}  {v}")
+    print_report(report, args.json)
     ok = report.get("records_lost") == 0 and report.get("records_duplicated") == 0
     return EXIT_OK if ok and report.get("drained") else EXIT_FAILED

@@ -147,3 +147,25 @@ def signed(
         return Built(rtype, t, raw)
 
     return make
+
+
+def _open_fds() -> dict[int, str]:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return out
+
+
+@contextlib.contextmanager
+def no_fds_left(ignore: str | None = None) -> Iterator[None]:
+    """Fail if the block leaves file descriptors open (ptys, pipes, sockets, log files);
+    targets containing `ignore` (an event loop's "eventpoll") are not counted."""
+    before = _open_fds()
+    yield
+    left = {
+        fd: target
+        for fd, target in _open_fds().items()
+        if before.get(fd) != target and (ignore is None or ignore not in target)
+    }
+    assert not left, f"file descriptors left open: {left}"

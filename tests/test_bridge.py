@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from peers import no_fds_left
 
 from agent.bridgelink import BridgeConfig, BridgeLink, parse_bridge_section
 from agent.config import ConfigError
@@ -80,18 +80,8 @@ RADIO = RadioConfig(freq_hz=470_500_000, sf=10, bw_hz=125_000, cr=5, power_dbm=1
 @pytest.fixture(autouse=True)
 def _no_leftover_fds() -> Iterator[None]:
     """Fail a test that leaves file descriptors open (ptys, pipes, ports)."""
-
-    def open_fds() -> dict[int, str]:
-        out = {}
-        for name in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        return out
-
-    before = open_fds()
-    yield
-    left = {fd: t for fd, t in open_fds().items() if before.get(fd) != t and "eventpoll" not in t}
-    assert not left, f"file descriptors left open: {left}"
+    with no_fds_left("eventpoll"):
+        yield
 
 
 @pytest.fixture

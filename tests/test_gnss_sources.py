@@ -30,6 +30,7 @@ from typing import TypeVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import no_fds_left
 
 from agent.fix import Constellation, Fix, FixMode, Quality, TimeSource
 from agent.gnss.gpsd import MAX_LINE, GpsdDecoder
@@ -69,18 +70,8 @@ def free_port() -> int:
 @pytest.fixture(autouse=True)
 def _no_leftover_fds() -> Iterator[None]:
     """Fail a test that leaves file descriptors open (ptys, sockets, log files)."""
-
-    def open_fds() -> dict[int, str]:
-        out = {}
-        for name in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        return out
-
-    before = open_fds()
-    yield
-    left = {fd: target for fd, target in open_fds().items() if before.get(fd) != target}
-    assert not left, f"file descriptors left open: {left}"
+    with no_fds_left():
+        yield
 
 
 @contextlib.asynccontextmanager
