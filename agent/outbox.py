@@ -355,7 +355,7 @@ class Outbox:
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(self._reserve_path)
-            _fsync_dir(self._reserve_path.parent)
+            fsync_dir(self._reserve_path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -774,13 +774,14 @@ def _move_aside(path: Path) -> Path:
         for src, dst in zip((path, *_companions(path)), (dest, *_companions(dest)), strict=True):
             if src.exists():
                 src.rename(dst)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise StorageError(f"outbox {path}: cannot move the damaged file aside: {exc}") from exc
     return dest
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (its entry, not only the data)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -70,7 +70,7 @@ from agent.enroll import (
     write_public,
 )
 from agent.errors import LocalError
-from agent.outbox import Outbox
+from agent.outbox import Outbox, fsync_dir
 from agent.records import Outcome
 
 __all__ = [
@@ -115,14 +115,6 @@ def identity_folder(key_path: Path) -> Path | None:
     if key_path.name != SIGNING or not (folder / NEXT).is_dir():
         return None
     return folder
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _short(text: str) -> str:
@@ -197,10 +189,10 @@ def stage(folder: Path, cert_der: bytes, number: int) -> Staged:
         write_private(tmp / NEXT / SIGNING, _pkcs8(signing))
         write_private(tmp / NEXT / TLS_KEY, _pkcs8(tls))
         write_public(tmp / COMMAND, f"{number}\n".encode())
-        _fsync_dir(tmp / NEXT)
-        _fsync_dir(tmp)
+        fsync_dir(tmp / NEXT)
+        fsync_dir(tmp)
         os.rename(tmp, pending)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -227,12 +219,12 @@ def complete(folder: Path) -> None:
         source = pending / name
         if source.exists():
             os.replace(source, folder / name)
-    _fsync_dir(folder / NEXT)
-    _fsync_dir(folder)
+    fsync_dir(folder / NEXT)
+    fsync_dir(folder)
     (pending / COMMAND).unlink(missing_ok=True)  # from here on: nothing left to move
-    _fsync_dir(pending)
+    fsync_dir(pending)
     shutil.rmtree(pending)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def discard(folder: Path) -> None:
@@ -240,7 +232,7 @@ def discard(folder: Path) -> None:
     shutil.rmtree(folder / STAGING, ignore_errors=True)
     if (folder / PENDING).exists():
         shutil.rmtree(folder / PENDING)
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def recover(folder: Path, answered: Callable[[int], bool]) -> str | None:

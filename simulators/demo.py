@@ -24,7 +24,6 @@ import json
 import random
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -55,6 +54,7 @@ from simulators.faults import (
 )
 from simulators.proxy import LinkProxy
 from simulators.walker import Walker
+from simulators.workdir import run_folder
 
 SHIFT_START_MS = 1_772_323_200_000  # 2026-03-01 00:00 UTC (08:00 in Chongqing)
 DRAIN_TIMEOUT_S = 60.0
@@ -336,13 +336,7 @@ async def run_demo(opts: DemoOptions, progress: Progress) -> dict[str, object]:
         raise DemoError("--devices must be at least 1 and --minutes above 0")
     wall0 = time.monotonic()
     with contextlib.ExitStack() as stack:
-        if opts.workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="picket-demo-")))
-        else:
-            workdir = opts.workdir
-            workdir.mkdir(parents=True, exist_ok=True)
-            if (workdir / "center.db").exists():
-                raise DemoError(f"{workdir} already holds a demo run (center.db); use a new folder")
+        workdir = run_folder(stack, opts.workdir, "picket-demo-", DemoError)
         plan = generate_district(opts.seed)
         faults = plan_faults(
             opts.faults, devices=opts.devices, shift_ms=int(opts.minutes * 60_000), seed=opts.seed

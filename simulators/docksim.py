@@ -35,7 +35,6 @@ import math
 import random
 import sqlite3
 import ssl
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -69,6 +68,7 @@ from simulators.bigdistrict import District, generate
 from simulators.bigdistrict import Dock as DockSite
 from simulators.broker import Mosquitto
 from simulators.drone import SimDrone, TruthSample
+from simulators.workdir import run_folder
 
 __all__ = [
     "DockSimError",
@@ -632,15 +632,7 @@ async def run_dock_sim(opts: DockSimOptions, progress: Progress) -> dict[str, ob
         raise DockSimOptionsError("--minutes and --every must be above 0")
     district = generate(opts.seed)
     with contextlib.ExitStack() as stack:
-        if opts.workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="picket-dock-")))
-        else:
-            workdir = opts.workdir
-            workdir.mkdir(parents=True, exist_ok=True)
-            if (workdir / "center.db").exists():
-                raise DockSimOptionsError(
-                    f"{workdir} already holds a run (center.db); use a new folder"
-                )
+        workdir = run_folder(stack, opts.workdir, "picket-dock-", DockSimOptionsError)
         try:
             return await _Sim(opts, workdir, district.docks, district.aerial).main(progress)
         except ExceptionGroup as eg:  # from the TaskGroup: say what went wrong, plainly

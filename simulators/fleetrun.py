@@ -22,7 +22,6 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from simulators.bigdistrict import members as district_members
 from simulators.broker import Mosquitto
 from simulators.fleetdocks import FleetDocks
 from simulators.scenario import COLD_START_S, Fault, Scenario, load_scenario
+from simulators.workdir import run_folder
 
 START_MS = 1_772_323_200_000  # 2026-03-01 00:00 UTC (08:00 in Chongqing): the shift begins
 STEP_MS = 30_000  # virtual time between two looks at positions while a zone fault lasts
@@ -365,18 +365,18 @@ def _members(opts: FleetOptions) -> list[dict[str, Any]]:
 
 
 def _workdir(stack: contextlib.ExitStack, opts: FleetOptions) -> Path:
-    if opts.workdir is None:
-        # In RAM where there is a tmpfs: thousands of simulated devices' flash is not what this
-        # measures (bench/outbox.py measures real fsyncs); --workdir puts it on disk.
-        shm = Path("/dev/shm")  # noqa: S108 - mkdtemp inside it: private, unpredictable
-        where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-        return Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="picket-fleet-", dir=where))
-        )
-    opts.workdir.mkdir(parents=True, exist_ok=True)
-    if (opts.workdir / "center.db").exists() and opts.broker is None:
-        raise FleetError(f"{opts.workdir} already holds a run (center.db); use a new folder")
-    return opts.workdir
+    # In RAM where there is a tmpfs: thousands of simulated devices' flash is not what this
+    # measures (bench/outbox.py measures real fsyncs); --workdir puts it on disk.
+    shm = Path("/dev/shm")  # noqa: S108 - mkdtemp inside it: private, unpredictable
+    where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return run_folder(
+        stack,
+        opts.workdir,
+        "picket-fleet-",
+        FleetError,
+        temp_parent=where,
+        reuse=opts.broker is not None,  # shards of one run share the center's folder
+    )
 
 
 async def _prepare(stack: contextlib.ExitStack, run: _Run) -> None:

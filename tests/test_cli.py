@@ -112,4 +112,4 @@ def test_demo_json_is_the_last_line_and_reports_a_clean_run(tmp_path: Path) -> N
     assert (workdir / "center.db").is_file()
     again = picket("demo", "--devices", "1", "--minutes", "1", "--workdir", str(workdir))
     assert again.returncode == 2
-    assert "already holds a demo run" in again.stderr
+    assert "already holds a run (center.db)" in again.stderr
