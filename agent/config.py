@@ -35,7 +35,6 @@ and unknown keys are refused (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import datetime as dt
-import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from agent.bridgelink import BridgeConfig, parse_bridge_section
 from agent.dockconfig import DockSection, parse_dock_section
 from agent.errors import ConfigError
+from agent.keyperms import too_open
 from agent.protocol import DEVICE_ID
 from agent.uplink import UplinkTls
 
@@ -88,12 +88,9 @@ class AgentConfig:
     def load_key(self) -> Ed25519PrivateKey:
         """Read the signing key once; refuse it if anyone but its owner could read it."""
         try:
-            mode = self.key_path.stat().st_mode
-            if mode & 0o077:
-                raise ConfigError(
-                    f"signing key {self.key_path}: permissions {stat.S_IMODE(mode):04o} are "
-                    f"too open; only its owner may read it (chmod 600 {self.key_path})"
-                )
+            problem = too_open(self.key_path, "signing key")
+            if problem is not None:
+                raise ConfigError(problem)
             key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"signing key {self.key_path}: {exc}") from exc
@@ -134,14 +131,11 @@ def _tls(broker: dict[str, object], base: Path, where: str) -> UplinkTls | None:
     key = paths.get("cert_key")
     if key is not None:
         try:
-            mode = key.stat().st_mode
+            problem = too_open(key, "TLS key")
         except OSError as exc:
             raise ConfigError(f"{where}: 'cert_key' {key}: {exc}") from exc
-        if mode & 0o077:
-            raise ConfigError(
-                f"TLS key {key}: permissions {stat.S_IMODE(mode):04o} are too open; only its "
-                f"owner may read it (chmod 600 {key})"
-            )
+        if problem is not None:
+            raise ConfigError(problem)
     return UplinkTls(paths["ca"], paths.get("cert"), key)
 
 

@@ -24,7 +24,6 @@ import platform
 import re
 import secrets
 import socket
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from agent.enrollment import (
     fleet_fingerprint,
 )
 from agent.errors import LocalError
+from agent.keyperms import too_open
 
 SIGNING, TLS_KEY, NEXT = "signing.key", "device.key", "next"
 REQUEST, PIN, BUNDLE = "request.cbor", "fleet.pin", "bundle.cbor"
@@ -89,12 +89,9 @@ def _pkcs8(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
 def load_private(path: Path) -> Ed25519PrivateKey | ec.EllipticCurvePrivateKey:
     """A private key file; refused if anyone but its owner could read it."""
     try:
-        mode = path.stat().st_mode
-        if mode & 0o077:
-            raise EnrollError(
-                f"key {path}: permissions {stat.S_IMODE(mode):04o} are too open; only its "
-                f"owner may read it (chmod 600 {path})"
-            )
+        problem = too_open(path, "key")
+        if problem is not None:
+            raise EnrollError(problem)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
         raise EnrollError(f"no key at {path}: run `picket agent enroll` first") from None

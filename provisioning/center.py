@@ -12,13 +12,13 @@ missing public file is written again from the private key.
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.enroll import write_private
+from agent.keyperms import too_open
 from provisioning.registry import ProvisioningError
 
 __all__ = ["center_key_path", "center_public_path", "create_center_key", "load_center_key"]
@@ -69,12 +69,9 @@ def load_center_key(fleet: Path) -> Ed25519PrivateKey:
     """The fleet's command-signing key; refused if anyone but its owner could read it."""
     path = center_key_path(fleet)
     try:
-        mode = path.stat().st_mode
-        if mode & 0o077:
-            raise ProvisioningError(
-                f"center key {path}: permissions {stat.S_IMODE(mode):04o} are too open; "
-                f"only its owner may read it (chmod 600 {path})"
-            )
+        problem = too_open(path, "center key")
+        if problem is not None:
+            raise ProvisioningError(problem)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
         raise ProvisioningError(

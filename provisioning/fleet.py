@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from agent.enroll import write_private, write_public
 from agent.enrollment import Bundle, decode_request, encode_bundle, fleet_fingerprint
 from agent.errors import RemoteError
+from agent.keyperms import too_open
 from agent.protocol import DEVICE_ID
 from provisioning import ca
 from provisioning.center import center_key_path, create_center_key, load_center_key
@@ -111,12 +111,9 @@ class Fleet:
     def _load_ca_key(self) -> ec.EllipticCurvePrivateKey:
         path = self.dir / "ca.key"
         try:
-            mode = path.stat().st_mode
-            if mode & 0o077:
-                raise ProvisioningError(
-                    f"CA key {path}: permissions {stat.S_IMODE(mode):04o} are too open; "
-                    f"only its owner may read it (chmod 600 {path})"
-                )
+            problem = too_open(path, "CA key")
+            if problem is not None:
+                raise ProvisioningError(problem)
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError) as exc:
             raise ProvisioningError(f"CA key {path}: {exc}") from exc

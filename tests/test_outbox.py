@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from peers import signed
 
 from agent.errors import StorageError
 from agent.fix import TimeSource
@@ -47,21 +48,7 @@ def maker(device: str, rtype: RecordType = RecordType.CHECKIN, time_ms: int = T0
         RecordType.HEALTH: health_body(depth=3, battery_pct=80),
         RecordType.ALERT: alert_body(),
     }
-    body = bodies.get(rtype, {16: "P001"})
-
-    def make(pos: ChainPosition) -> Built:
-        raw = build(
-            KEY,
-            device=device,
-            chain=pos,
-            rtype=rtype,
-            time_ms=time_ms,
-            time_source=TimeSource.GNSS,
-            body=body,
-        )
-        return Built(rtype, time_ms, raw)
-
-    return make
+    return signed(KEY, device, rtype, bodies.get(rtype, {16: "P001"}), time_ms)
 
 
 def on_evict(pos: ChainPosition, eviction: Eviction) -> Built:
