@@ -3,7 +3,9 @@
 Secrets stay in files referenced by path (the signing key), never in the config itself.
 Relative paths are resolved against the config file's folder, so a provisioned device
 directory can be moved as a whole. Every problem is reported with the key that caused it,
-and unknown keys are refused (a typo must not silently fall back to a default).
+and unknown keys are refused (a typo must not silently fall back to a default). A room's
+own section is parsed by that room's settings module (agent/radio/settings.py,
+agent/dock/settings.py), which imports no driver, so decoding a config opens nothing.
 
     device = "h0001"
     key = "device.key"            # Ed25519 private key, PEM (PKCS#8)
@@ -26,8 +28,8 @@ and unknown keys are refused (a typo must not silently fall back to a default).
     source = "gpsd://127.0.0.1:2947"   # default; see docs/gnss.md for serial/tcp/file
     not_before = 2026-01-01       # default: a GNSS date before this is week-rollover suspect
 
-    [bridge]                      # optional: the radio co-processor (agent/bridgelink.py)
-    [dock]                        # optional: this device is a drone dock (agent/dockconfig.py,
+    [bridge]                      # optional: the radio co-processor (agent/radio/settings.py)
+    [dock]                        # optional: this device is a drone dock (agent/dock/settings.py,
                                   # docs/docks.md); it needs `center_key`, and reads GNSS only
                                   # when [gnss] is given (the dock's own receiver: time)
 """
@@ -42,12 +44,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.bridgelink import BridgeConfig, parse_bridge_section
-from agent.dockconfig import DockSection, parse_dock_section
+from agent.dock.settings import DockSection, parse_dock_section
 from agent.errors import ConfigError
-from agent.keyperms import too_open
-from agent.protocol import DEVICE_ID
-from agent.uplink import UplinkTls
+from agent.radio.settings import BridgeConfig, parse_bridge_section
+from contract.keyfiles import too_open
+from contract.protocol import DEVICE_ID
+from contract.tls import BrokerTls
 
 __all__ = [
     "DEFAULT_GNSS",
@@ -75,7 +77,7 @@ class AgentConfig:
     gnss_source: str = DEFAULT_GNSS
     not_before: dt.date = DEFAULT_NOT_BEFORE
     center_key_path: Path | None = None
-    tls: UplinkTls | None = None
+    tls: BrokerTls | None = None
     bridge: BridgeConfig | None = None
     dock: DockSection | None = None
     gnss_given: bool = True  # a [gnss] section is in the file (a dock reads GNSS only then)
@@ -113,7 +115,7 @@ def read_center_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def _tls(broker: dict[str, object], base: Path, where: str) -> UplinkTls | None:
+def _tls(broker: dict[str, object], base: Path, where: str) -> BrokerTls | None:
     paths: dict[str, Path] = {}
     for name in ("ca", "cert", "cert_key"):
         value = broker.get(name)
@@ -136,7 +138,7 @@ def _tls(broker: dict[str, object], base: Path, where: str) -> UplinkTls | None:
             raise ConfigError(f"{where}: 'cert_key' {key}: {exc}") from exc
         if problem is not None:
             raise ConfigError(problem)
-    return UplinkTls(paths["ca"], paths.get("cert"), key)
+    return BrokerTls(paths["ca"], paths.get("cert"), key)
 
 
 def _get(table: dict[str, object], key: str, kind: type, where: str) -> object:

@@ -10,10 +10,10 @@ With `center_key` in the config, signed commands from the center arrive through 
 uplink and are carried out by a `CommandExecutor` (docs/commands.md); what earlier
 commands set (a task bundle's agenda, settings) is restored from the outbox at start.
 A key rotation a kill interrupted is finished (or undone) before the agent starts
-(agent/rotation.py); after a rotation the agent signs with the new key and the uplink
+(agent/identity/rotation.py); after a rotation the agent signs with the new key and the uplink
 presents the new certificate from its next connection.
 
-With a `[dock]` section the device is a drone dock (agent/dockrun.py): its check-ins come
+With a `[dock]` section the device is a drone dock (agent/dock/run.py): its check-ins come
 from the drone's telemetry instead of a GNSS receiver, its commands include flying lines,
 and its tick (every second) also reads the wind and watches the drone's heartbeat. It reads
 GNSS only when `[gnss]` is configured, and then for time alone.
@@ -30,23 +30,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent import rotation
-from agent.bridgelink import BridgeLink
-from agent.cmdexec import CommandExecutor
-from agent.commands import CommandVerifier
+from agent.checkin.device import DeviceAgent
+from agent.checkin.plan import Plan
+from agent.checkin.planfile import load_plan
+from agent.commands.executor import CommandExecutor
 from agent.config import AgentConfig
-from agent.device import DeviceAgent
-from agent.dockexec import DockAgent
-from agent.dockrun import TICK_S as DOCK_TICK_S
-from agent.dockrun import DockRole
+from agent.dock.executor import DockAgent
+from agent.dock.run import TICK_S as DOCK_TICK_S
+from agent.dock.run import DockRole
 from agent.gnss.sources import GnssSource, SourceStatus, parse_source_url
+from agent.gnss.timekeeper import TimeKeeper
 from agent.health import health_snapshot, store_health
-from agent.lorafallback import LoraFallback
-from agent.outbox import Outbox, Stored
-from agent.plan import Plan
-from agent.planfile import load_plan
-from agent.timekeeper import TimeKeeper
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions
+from agent.identity import rotation
+from agent.radio.bridgelink import BridgeLink
+from agent.store.outbox import Outbox, Stored
+from agent.uplink.lorafallback import LoraFallback
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
+from contract.commands import CommandVerifier
 
 log = logging.getLogger(__name__)
 PERSIST_S = 30.0
@@ -89,7 +89,7 @@ class AgentRun:
     config: AgentConfig
     mono_ms: Callable[[], int] = monotonic_ms
     stop_event: asyncio.Event | None = None
-    wall_ms: Callable[[], int] = wall_ms  # a dock's system clock (agent/dockrun.py)
+    wall_ms: Callable[[], int] = wall_ms  # a dock's system clock (agent/dock/run.py)
     dock: DockRole | None = None  # set while a dock runs
 
     def stop(self) -> None:

@@ -1,32 +1,19 @@
-"""The agent package's errors, split by who is at fault (as h11 does).
-
-`RemoteError`: bytes from outside (a receiver, the broker, the center) were malformed;
-the caller drops and counts them. `LocalError`: our own state or environment is wrong
-(a damaged outbox, a full disk); the caller must stop or report, never carry on silently.
-"""
+"""The agent package's own errors. Every one is an `AgentError`, and a `LocalError` of the
+contract's split: the device's state or environment failed (bad input from outside is the
+contract's `RemoteError`, dropped and counted where it arrives)."""
 
 from __future__ import annotations
 
+from contract.errors import LocalError
 
-class AgentError(Exception):
+
+class AgentError(LocalError):
     """Base of every error the agent package raises on purpose."""
 
 
-class RemoteError(AgentError):
-    """Input from outside did not parse or verify."""
-
-
-class LocalError(AgentError):
-    """The device's own state or environment failed."""
-
-
-class ConfigError(LocalError):
+class ConfigError(AgentError):
     """The device's configuration (config.toml and the files it names) is wrong."""
 
 
-class RecordError(RemoteError):
-    """A record is not a valid, correctly signed Picket COSE_Sign1."""
-
-
-class StorageError(LocalError):
+class StorageError(AgentError):
     """The outbox database could not be read or written."""

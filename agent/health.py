@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fix import Fix, Quality, TimeSource
-from agent.outbox import Built, Outbox, Stored
-from agent.records import ChainPosition, RecordType, build, health_body
+from agent.store.outbox import Built, Outbox, Stored
+from contract.fix import Fix, Quality, TimeSource
+from contract.records import ChainPosition, RecordType, build, health_body
 
 if TYPE_CHECKING:
-    from agent.device import DeviceAgent
+    from agent.checkin.device import DeviceAgent
 
 FIX_STALE_MS = 30_000  # a fix older than this says nothing about the receiver now
 

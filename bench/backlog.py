@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fix import TimeSource
-from agent.outbox import Builder, Built, Outbox
-from agent.records import ChainPosition, RecordType, build
-from agent.sync import SyncCore
-from agent.uplink import BrokerAddress, Uplink
+from agent.store.outbox import Builder, Built, Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink
+from agent.uplink.sync import SyncCore
+from contract.fix import TimeSource
+from contract.records import ChainPosition, RecordType, build
 from provisioning.registry import Registry
 from simulators.broker import Mosquitto
 

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/broker_memory.py [--devices N] [--concurrency C]
 
-The district has 2,747 devices. Each holds one MQTT connection the way `agent.uplink`
+The district has 2,747 devices. Each holds one MQTT connection the way `agent.uplink.mqtt`
 does: client id picket-{device}, a last will (`offline`, retained, QoS 1) on its state
 topic, QoS 1 subscriptions to its acknowledgement and command topics, and `online`
 published retained after connecting, so the broker also keeps one retained message per
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiomqtt
 
-from agent.protocol import ack_topic, command_topic, state_topic
+from contract.protocol import ack_topic, command_topic, state_topic
 from simulators.broker import Mosquitto
 
 DISTRICT = 2_747

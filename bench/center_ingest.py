@@ -34,12 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.cose import decode_sign1, sig_structure
-from agent.fix import TimeSource
-from agent.protocol import Batch, decode_batch, records_topic
-from agent.records import ChainPosition, RecordType, build, chain_hash
+from center.batch import Store
+from center.database import open_store
 from center.ingest import Ingest, check_record
-from center.store import CenterStore, Store, open_store
+from center.store import CenterStore
+from contract.cose import decode_sign1, sig_structure
+from contract.fix import TimeSource
+from contract.protocol import Batch, decode_batch, records_topic
+from contract.records import ChainPosition, RecordType, build, chain_hash
 
 GOAL = 0.50
 BATCH = 32

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.engine import CheckinEngine, CheckinEvent
-from agent.fix import Fix
-from agent.geo import offset
-from agent.plan import Plan, Point
+from agent.checkin.engine import CheckinEngine, CheckinEvent
+from agent.checkin.geo import offset
+from agent.checkin.plan import Plan, Point
+from contract.fix import Fix
 from simulators.errors import Condition, Sample, draw_model, observe
 
 CENTER = (29.265, 106.255)

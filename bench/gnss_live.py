@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.geo import offset
+from agent.checkin.geo import offset
 from bench.gnss import one_cycle
 from provisioning.brokerconf import write_broker_config
 from provisioning.device import provision_device

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.records import TYPE_NAMES, RecordType
 from bench.records import realistic_records
+from contract.records import TYPE_NAMES, RecordType
 from firmware_bridge.lora import (
     DutyCycle,
     low_data_rate_needed,

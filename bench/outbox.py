@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fix import TimeSource
-from agent.outbox import Built, Outbox
-from agent.records import ChainPosition, RecordType, build, chain_hash
+from agent.store.outbox import Built, Outbox
+from contract.fix import TimeSource
+from contract.records import ChainPosition, RecordType, build, chain_hash
 
 DEVICE = "h0001"
 BATCH = 100

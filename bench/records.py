@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.commands import Priority
-from agent.cose import PROTECTED_EDDSA, decode_sign1, sig_structure
-from agent.device import DeviceAgent, checkin_body, missed_body, suspicion_body
-from agent.dock import (
+from agent.checkin.device import DeviceAgent, checkin_body, missed_body, suspicion_body
+from agent.checkin.engine import CheckinEvent, MissedEvent
+from agent.checkin.motion import SuspicionEvent, SuspicionKind
+from agent.dock.outputs import (
     DockState,
     MissionOutcome,
     MissionSummary,
@@ -36,10 +36,11 @@ from agent.dock import (
     dock_state_body,
     mission_body,
 )
-from agent.engine import CheckinEvent, MissedEvent, SuspicionEvent, SuspicionKind
-from agent.fix import Fix, Quality, TimeSource
-from agent.outbox import Outbox
-from agent.records import (
+from agent.store.outbox import Outbox
+from contract.commands import Priority
+from contract.cose import PROTECTED_EDDSA, decode_sign1, sig_structure
+from contract.fix import Fix, Quality, TimeSource
+from contract.records import (
     TYPE_NAMES,
     AlertKind,
     ChainPosition,

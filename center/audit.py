@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import RecordError
-from agent.records import open_record
+from contract.errors import RecordError
+from contract.records import open_record
 from provisioning.registry import Registry
 
 

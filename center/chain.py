@@ -30,7 +30,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent.records import Record, chain_hash
+from contract.records import Record, chain_hash
 
 
 class ForkKind(enum.Enum):

@@ -19,7 +19,9 @@ delivered; no receipt comes for it, and the operator sends it again.
 
 **Answers** are ordinary records from the devices (roll-call answers, receipts), stored by
 the ingest. They are read here from the database and verified again against the keys it
-holds (`devices`), so what a roll call lists is exactly what the devices signed.
+holds (`devices`), so what a roll call lists is exactly what the devices signed. Key rotation
+(center/rotation.py) reads what it needs of `sent_commands` and `records` here too
+(`last_sent`, `records_of`): the command tables are read in this module only.
 """
 
 from __future__ import annotations
@@ -36,23 +38,25 @@ from pathlib import Path
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.commands import Body, body_type, command_payload
-from agent.cose import decode_sign1, sign1
-from agent.errors import RecordError
-from agent.protocol import DEVICE_ID, command_topic
-from agent.records import Outcome, Record, RecordType, RollcallKey, open_record, parse_payload
-from center.export import CenterDbError
+from center.errors import CenterDbError, DispatchError
+from center.readonly import check_center, open_readonly
+from contract.commands import Body, CommandType, body_type, command_payload
+from contract.cose import decode_sign1, sign1
+from contract.errors import RecordError
+from contract.protocol import DEVICE_ID, command_topic
+from contract.records import Outcome, Record, RecordType, RollcallKey, open_record, parse_payload
 
 __all__ = [
-    "CenterDbError",
     "CommandSigner",
     "DispatchError",
     "Receipt",
     "RollcallAnswer",
     "Signed",
+    "last_sent",
     "publish",
     "publish_all",
     "receipts",
+    "records_of",
     "rollcall_answers",
 ]
 
@@ -75,10 +79,8 @@ CREATE TABLE IF NOT EXISTS sent_commands (
 );
 """
 PUBLISH_TIMEOUT_S = 10.0
-
-
-class DispatchError(Exception):
-    """A command could not be handed to the broker."""
+# After "it has no records table": a mistyped path must not start a fresh counter at 1.
+NOT_CENTER_HINT = "; `picket center run --db` makes one"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +92,6 @@ class Signed:
     type: int
     expires_ms: int
     raw: bytes
-
-
-def _is_center_db(con: sqlite3.Connection, db: Path) -> None:
-    try:
-        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        raise CenterDbError(f"{db} is not a SQLite database ({exc})") from exc
-    if "records" not in names:
-        raise CenterDbError(
-            f"{db} is not a Picket center database (it has no records table; "
-            "`picket center run --db` makes one)"
-        )
 
 
 class CommandSigner:
@@ -117,7 +107,7 @@ class CommandSigner:
         except sqlite3.Error as exc:
             raise CenterDbError(f"cannot open {center_db}: {exc}") from exc
         try:
-            _is_center_db(self._db, center_db)
+            check_center(self._db, center_db, hint=NOT_CENTER_HINT)
             self._db.execute("PRAGMA busy_timeout = 5000")  # the center writes beside us
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
@@ -229,7 +219,7 @@ async def _publish(
         raise DispatchError(f"cannot publish to the broker at {host}:{port}: {exc}") from exc
 
 
-# --- the answers --------------------------------------------------------------------------------
+# --- the answers ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,19 +242,22 @@ class Receipt:
     time_ms: int
 
 
-def _open_ro(db: Path) -> sqlite3.Connection:
-    if not db.is_file():
-        raise CenterDbError(f"no center database at {db}")
-    try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise CenterDbError(f"cannot open {db}: {exc}") from exc
-    try:
-        _is_center_db(con, db)
-    except BaseException:
-        con.close()
-        raise
-    return con
+def _stored(
+    con: sqlite3.Connection, rtype: RecordType, devices: Iterable[str] | None
+) -> list[tuple[str, bytes]]:
+    """(device, raw) of the stored records of one type (of some devices), by device, then
+    sequence number; unverified."""
+    if devices is None:
+        return con.execute(
+            "SELECT device, raw FROM records WHERE type = ? ORDER BY device, seq", (int(rtype),)
+        ).fetchall()
+    rows: list[tuple[str, bytes]] = []
+    for device in sorted(set(devices)):
+        rows += con.execute(
+            "SELECT device, raw FROM records WHERE device = ? AND type = ? ORDER BY seq",
+            (device, int(rtype)),
+        ).fetchall()
+    return rows
 
 
 def _verified(
@@ -280,17 +273,7 @@ def _verified(
         keys: dict[str, list[Ed25519PublicKey]] = {}
         for device, raw_key in con.execute("SELECT id, public_key FROM devices"):
             keys.setdefault(device, []).append(Ed25519PublicKey.from_public_bytes(raw_key))
-        if devices is None:
-            rows = con.execute(
-                "SELECT device, raw FROM records WHERE type = ? ORDER BY device, seq", (int(rtype),)
-            ).fetchall()
-        else:
-            rows = []
-            for device in sorted(set(devices)):
-                rows += con.execute(
-                    "SELECT device, raw FROM records WHERE device = ? AND type = ? ORDER BY seq",
-                    (device, int(rtype)),
-                ).fetchall()
+        rows = _stored(con, rtype, devices)
     except sqlite3.Error as exc:
         raise CenterDbError(f"cannot read the center database: {exc}") from exc
     out: list[Record] = []
@@ -316,7 +299,7 @@ def rollcall_answers(
 ) -> list[RollcallAnswer]:
     """Who answered the roll call with `challenge` (the first answer of each device), and
     where they were; `devices` limits the search to those."""
-    con = _open_ro(center_db)
+    con = open_readonly(center_db, center=("records",), hint=NOT_CENTER_HINT)
     try:
         records = _verified(
             con,
@@ -360,7 +343,7 @@ def receipts(
     def wanted(r: Record) -> bool:
         return numbers is None or numbers.get(r.header.device) == r.body.get(16)
 
-    con = _open_ro(center_db)
+    con = open_readonly(center_db, center=("records",), hint=NOT_CENTER_HINT)
     try:
         records = _verified(con, RecordType.RECEIPT, devices, wanted)
     finally:
@@ -380,3 +363,39 @@ def receipts(
         out.append(Receipt(r.header.device, number, ctype, known, text, r.header.time_ms))
     out.sort(key=lambda x: (x.device, x.number))
     return out
+
+
+# --- for key rotation (center/rotation.py) -------------------------------------------------------
+
+
+def last_sent(center_db: Path, ctype: CommandType, device: str | None = None) -> list[Signed]:
+    """The newest command of type `ctype` sent to each device (or to `device` only), by
+    device; none when no command was ever signed with this database."""
+    con = open_readonly(center_db)
+    try:
+        rows = con.execute(
+            "SELECT s.device, s.number, s.type, s.expires_ms, s.raw FROM sent_commands s "
+            "WHERE s.type = ?1 AND (?2 IS NULL OR s.device = ?2) AND s.number = "
+            "(SELECT max(number) FROM sent_commands WHERE device = s.device AND type = ?1) "
+            "ORDER BY s.device",
+            (int(ctype), device),
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []  # no command was ever signed with this database
+        raise CenterDbError(f"cannot read the center database: {exc}") from exc
+    finally:
+        con.close()
+    return [Signed(str(d), int(n), int(t), int(e), bytes(raw)) for d, n, t, e, raw in rows]
+
+
+def records_of(center_db: Path, device: str, rtype: RecordType) -> list[bytes]:
+    """The stored records of one type from `device`, by sequence number, unverified: the
+    caller checks them against the keys it trusts (rotation: the registry's key history)."""
+    con = open_readonly(center_db)
+    try:
+        return [raw for _device, raw in _stored(con, rtype, [device])]
+    except sqlite3.Error as exc:
+        raise CenterDbError(f"cannot read the center database: {exc}") from exc
+    finally:
+        con.close()

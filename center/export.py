@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-
-class CenterDbError(Exception):
-    """The path is not a readable Picket center database."""
+from center.errors import CenterDbError
+from center.readonly import check_center, open_readonly
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,27 +30,19 @@ class Exported:
 
 
 def _open(db: Path, *tables: str) -> sqlite3.Connection:
-    if not db.is_file():
-        raise CenterDbError(f"no center database at {db}")
+    con = open_readonly(db)
     try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise CenterDbError(f"cannot open {db}: {exc}") from exc
-    try:
-        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
+        names = check_center(con, db, ("records", "refused"))
+        missing = [t for t in tables if t not in names]
+        if missing:
+            raise CenterDbError(
+                f"{db} has no {missing[0]} table: it was written by an older center "
+                "(the keys are in the fleet registry; a current center adds them as records "
+                "arrive)"
+            )
+    except BaseException:
         con.close()
-        raise CenterDbError(f"{db} is not a SQLite database ({exc})") from exc
-    if "records" not in names or "refused" not in names:
-        con.close()
-        raise CenterDbError(f"{db} is not a Picket center database (it has no records table)")
-    missing = [t for t in tables if t not in names]
-    if missing:
-        con.close()
-        raise CenterDbError(
-            f"{db} has no {missing[0]} table: it was written by an older center "
-            "(the keys are in the fleet registry; a current center adds them as records arrive)"
-        )
+        raise
     return con
 
 

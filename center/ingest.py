@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.cose import decode_sign1, sig_structure
-from agent.errors import RecordError, RemoteError
-from agent.protocol import Ack, Refusal, decode_batch, device_of_topic
-from agent.records import Record, parse_payload, validate_body
+from center.batch import RefusedItem, Store
 from center.chain import Verdict
-from center.store import RefusedItem, Store
+from contract.cose import decode_sign1, sig_structure
+from contract.errors import RecordError, RemoteError
+from contract.protocol import Ack, Refusal, decode_batch, device_of_topic
+from contract.records import Record, parse_payload
+from contract.recordschema import validate_body
 from provisioning.registry import KeyEntry
 
 Trust = Ed25519PublicKey | Sequence[KeyEntry] | None

@@ -52,19 +52,19 @@ from pathlib import Path
 
 import aiomqtt
 
-from agent.cose import decode_sign1, strict_loads
-from agent.errors import RecordError
-from agent.protocol import DEVICE_ID, PREFIX, Batch, relayed_topic
-from agent.records import Key
-from agent.uplink import UplinkTls
+from center.errors import PacketError
+from contract.cose import decode_sign1, strict_loads
+from contract.errors import RecordError
+from contract.protocol import DEVICE_ID, PREFIX, Batch, relayed_topic
+from contract.records import Key
 from firmware_bridge import messages
 from firmware_bridge.lora import KIND_RECORD, split_packet
-from provisioning.fleet import GATEWAY_CN, Fleet
+from provisioning.fleet import GATEWAY_CN, Fleet, service_tls
 
 log = logging.getLogger(__name__)
 
 
-BATCH_ID_BASE = 1 << 32  # above every batch id a device picks (agent/uplink.py default_core)
+BATCH_ID_BASE = 1 << 32  # above every batch id a device picks (agent/uplink/mqtt.py default_core)
 DEFAULT_QUEUE = 4096  # packets held while the broker is unreachable
 
 
@@ -85,11 +85,7 @@ def issue_gateway(fleet: Fleet, out: Path, now_ms: int) -> Path:
 
 def gateway_tls(folder: Path) -> ssl.SSLContext:
     """The client TLS context from an `issue_gateway` folder."""
-    return UplinkTls(folder / "ca.crt", folder / "gateway.crt", folder / "gateway.key").context()
-
-
-class PacketError(ValueError):
-    """A packet that carries no routable record."""
+    return service_tls(folder, "gateway")
 
 
 def route(packet: bytes) -> tuple[str, bytes]:
@@ -106,7 +102,7 @@ def route(packet: bytes) -> tuple[str, bytes]:
         payload = strict_loads(decode_sign1(record).payload)
     except RecordError as exc:
         raise PacketError(f"not a record: {exc}") from exc
-    # Key 2 only, not the whole header (agent.records.peek_device): a record type newer than
+    # Key 2 only, not the whole header (contract.records.peek_device): a record type newer than
     # this bridge is still routed, and the center, which knows it or not, decides.
     device = payload.get(Key.DEVICE) if isinstance(payload, Mapping) else None
     if not isinstance(device, str) or not DEVICE_ID.fullmatch(device):

@@ -14,29 +14,19 @@ and the next call connects afresh.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
-from agent.records import Record, RecordType
-from center.chain import ChainState, Fork, Gap, Link, Verdict, place
-from center.export import CenterDbError
-from center.status import Presence, Snapshot, snapshot_of
-from center.store import (
-    CHAINS_COMPLETE,
-    STATUS_QUERIES,
-    DeviceWrite,
-    RefusedItem,
-    Saved,
-    StoreError,
-    by_device,
-    chain_row,
-    dropped_ranges,
-    gap_changes,
-    plan_device,
-    record_rows,
-)
+from center import tables
+from center.batch import DeviceWrite, RefusedItem, Saved, by_device
+from center.chain import ChainState, Fork, Verdict
+from center.errors import CenterDbError, StoreError
+from center.snapshot import STATUS_QUERIES, Presence, Snapshot, snapshot_of
+from center.tables import Dialect
+from contract.records import Record
 
 CONNECT_TIMEOUT_S = 10
 
@@ -133,6 +123,32 @@ def redact(url: str) -> str:
     return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
+@functools.cache
+def _marks(sql: str) -> str:
+    """A statement of center/tables.py (`?` marks) as psycopg takes it (`%s`)."""
+    return sql.replace("?", "%s")
+
+
+class _Pg:
+    """`tables.Sql` over a psycopg connection; inside a pipeline, writes are only queued."""
+
+    dialect = Dialect.POSTGRESQL
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(_marks(sql), params or None).fetchall()
+
+    def run(self, sql: str, params: Sequence[object] = ()) -> None:
+        self.conn.execute(_marks(sql), params or None)
+
+    def run_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(_marks(sql), rows)
+
+
 class PgStore:
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = url
@@ -149,7 +165,7 @@ class PgStore:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(SCHEMA)
-                self._complete_chains(conn)
+                tables.complete_chains(_Pg(conn))
         except psycopg.Error as exc:
             self.close()
             raise CenterDbError(f"cannot set up {redact(url)}: {exc}") from exc
@@ -171,162 +187,18 @@ class PgStore:
 
     # -- writing
 
-    def _complete_chains(self, conn: Conn) -> None:
-        if conn.execute("SELECT v FROM meta WHERE k = %s", (CHAINS_COMPLETE,)).fetchone():
-            return
-        devices = conn.execute(
-            "SELECT DISTINCT device FROM records WHERE device NOT IN (SELECT device FROM chains)"
-        ).fetchall()
-        for (device,) in devices:
-            links = [
-                Link(seq, boot, bytes(prev), bytes(h))
-                for seq, boot, prev, h in conn.execute(
-                    "SELECT seq, boot, prev, hash FROM records WHERE device = %s ORDER BY seq",
-                    (device,),
-                )
-            ]
-            done = place(ChainState(), links, {})
-            row = conn.execute(
-                "SELECT max(received_ms) FROM records WHERE device = %s", (device,)
-            ).fetchone()
-            last_ms = row[0] if row else None
-            self._write_chain(
-                conn, device, done.state, old_gaps=(), received_ms=last_ms, depth=None
-            )
-            self._write_forks(conn, device, done.forks, last_ms or 0)
-            raws = conn.execute(
-                "SELECT raw FROM records WHERE device = %s AND type = %s",
-                (device, int(RecordType.DROPPED)),
-            ).fetchall()
-            self._write_dropped(
-                conn, device, [d for (raw,) in raws for d in dropped_ranges(bytes(raw))]
-            )
-        conn.execute(
-            "INSERT INTO meta (k, v) VALUES (%s, 1) ON CONFLICT DO NOTHING", (CHAINS_COMPLETE,)
-        )
-
-    def _lock_chain(self, conn: Conn, device: str) -> ChainState:
-        lock = (
-            "SELECT records, last_seq, last_boot, last_hash, gaps FROM chains "
-            "WHERE device = %s FOR UPDATE"
-        )
-        row = conn.execute(lock, (device,)).fetchone()
-        if row is None:  # a device's first batch: make its row, or wait for another worker's
-            conn.execute(
+    def _lock_chain(self, sql: _Pg, device: str) -> ChainState:
+        lock = tables.CHAIN_ROW + " FOR UPDATE"
+        row = sql.rows(lock, (device,))
+        if not row:  # a device's first batch: make its row, or wait for another worker's
+            sql.run(
                 "INSERT INTO chains (device, records, last_seq, last_boot, last_hash) "
-                "VALUES (%s, 0, 0, 0, '') ON CONFLICT (device) DO NOTHING",
+                "VALUES (?, 0, 0, 0, '') ON CONFLICT (device) DO NOTHING",
                 (device,),
             )
-            row = conn.execute(lock, (device,)).fetchone()
-            assert row is not None
-        if not row[4]:
-            return ChainState(row[0], row[1], row[2], bytes(row[3]))
-        gaps = tuple(
-            Gap(first, last, None if below is None else bytes(below), bytes(above))
-            for first, last, below, above in conn.execute(
-                "SELECT first_seq, last_seq, below, above FROM gaps WHERE device = %s "
-                "ORDER BY first_seq",
-                (device,),
-            )
-        )
-        return ChainState(row[0], row[1], row[2], bytes(row[3]), gaps)
-
-    def _write_chain(
-        self,
-        conn: Conn,
-        device: str,
-        state: ChainState,
-        *,
-        old_gaps: Sequence[Gap],
-        received_ms: int | None,
-        depth: tuple[int, int] | None,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO chains AS c (device, records, last_seq, last_boot, last_hash, gaps, "
-            "last_received_ms, depth, depth_time_ms) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (device) DO UPDATE SET records = excluded.records, "
-            "last_seq = excluded.last_seq, last_boot = excluded.last_boot, "
-            "last_hash = excluded.last_hash, gaps = excluded.gaps, "
-            "last_received_ms = greatest(c.last_received_ms, excluded.last_received_ms), "
-            "depth = CASE WHEN excluded.depth_time_ms >= coalesce(c.depth_time_ms, -1) "
-            "THEN excluded.depth ELSE c.depth END, "
-            "depth_time_ms = CASE WHEN excluded.depth_time_ms >= coalesce(c.depth_time_ms, -1) "
-            "THEN excluded.depth_time_ms ELSE c.depth_time_ms END",
-            chain_row(device, state, received_ms, depth),
-        )
-        gone, added = gap_changes(old_gaps, state.gaps)
-        with conn.cursor() as cur:
-            if gone:
-                cur.executemany(
-                    "DELETE FROM gaps WHERE device = %s AND first_seq = %s",
-                    [(device, g.first) for g in gone],
-                )
-            if added:
-                cur.executemany(
-                    "INSERT INTO gaps (device, first_seq, last_seq, below, above) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    [(device, g.first, g.last, g.below, g.above) for g in added],
-                )
-
-    def _write_forks(self, conn: Conn, device: str, forks: Sequence[Fork], now_ms: int) -> None:
-        if forks:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO forks (device, seq, kind, expected, found, found_ms) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(device, f.seq, f.kind.value, f.expected, f.found, now_ms) for f in forks],
-                )
-
-    def _write_dropped(
-        self, conn: Conn, device: str, dropped: Sequence[tuple[int, int, int]]
-    ) -> None:
-        if dropped:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO dropped (device, seq, first_seq, last_seq) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(device, *d) for d in dropped],
-                )
-
-    def _plan_device(
-        self, conn: Conn, device: str, records: Sequence[Record]
-    ) -> tuple[ChainState, DeviceWrite]:
-        """Lock the device's chain and decide its writes (reads only)."""
-        state = self._lock_chain(conn, device)
-        links = [Link.of(r) for r in records]
-        held = sorted({link.seq for link in links if state.holds(link.seq)})
-        stored: dict[int, bytes] = {}
-        if held:
-            stored = {
-                seq: bytes(h)
-                for seq, h in conn.execute(
-                    "SELECT seq, hash FROM records WHERE device = %s AND seq = ANY(%s)",
-                    (device, held),
-                )
-            }
-        return state, plan_device(state, records, links, stored)
-
-    def _write_device(
-        self, conn: Conn, device: str, old: ChainState, plan: DeviceWrite, now_ms: int
-    ) -> None:
-        if plan.new:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO records VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (device, seq) DO NOTHING",
-                    record_rows(device, plan, now_ms),
-                )
-        self._write_chain(
-            conn,
-            device,
-            plan.placement.state,
-            old_gaps=old.gaps,
-            received_ms=now_ms,
-            depth=plan.depth,
-        )
-        self._write_forks(conn, device, plan.placement.forks, now_ms)
-        self._write_dropped(conn, device, plan.dropped)
+            row = sql.rows(lock, (device,))
+            assert row
+        return tables.chain_of(sql, device, row[0])
 
     def save(
         self,
@@ -345,36 +217,27 @@ class PgStore:
             conn = self._connect()
         except CenterDbError as exc:
             raise StoreError(str(exc)) from exc
+        sql = _Pg(conn)
         verdicts: list[Verdict | None] = [None] * len(records)
         forks: list[Fork] = []
         refused = list(refused)
         try:
             with conn.pipeline(), conn.transaction():
                 groups = by_device(records)
-                plans = []
+                plans: list[tuple[str, ChainState, DeviceWrite]] = []
                 for device in sorted(groups):  # lock order: never a deadlock between workers
                     where = groups[device]
-                    old, plan = self._plan_device(conn, device, [records[i] for i in where])
+                    old = self._lock_chain(sql, device)
+                    plan = tables.plan_writes(sql, device, old, [records[i] for i in where])
                     plans.append((device, old, plan))
                     for i, verdict in zip(where, plan.placement.verdicts, strict=True):
                         verdicts[i] = verdict
                     forks.extend(plan.placement.forks)
                     refused.extend(plan.forked)
-                with conn.cursor() as cur:
-                    if keys:
-                        cur.executemany(
-                            "INSERT INTO devices (id, public_key, first_seen_ms) "
-                            "VALUES (%s, %s, %s) ON CONFLICT (id, public_key) DO NOTHING",
-                            [(device, key, now_ms) for device, key in keys],
-                        )
-                    for device, old, plan in plans:
-                        self._write_device(conn, device, old, plan, now_ms)
-                    if refused:
-                        cur.executemany(
-                            "INSERT INTO refused (device, seq, reason, detail, raw, received_ms) "
-                            "VALUES (%s, %s, %s, %s, %s, %s)",
-                            [(x.device, x.seq, x.reason, x.detail, x.raw, now_ms) for x in refused],
-                        )
+                tables.write_keys(sql, keys, now_ms)
+                for device, old, plan in plans:
+                    tables.write_device(sql, device, old.gaps, plan, now_ms)
+                tables.write_refused(sql, refused, now_ms)
         except psycopg.Error as exc:
             if conn.broken:
                 self.close()
@@ -387,14 +250,8 @@ class PgStore:
         """Keep the newest state message; a retained one (replayed on subscribe) only when
         it changes the state, so a reconnect does not pass for the device being seen."""
         try:
-            conn = self._connect()
-            conn.execute(
-                "INSERT INTO presence AS p (device, state, state_ms) VALUES (%s, %s, %s) "
-                "ON CONFLICT (device) DO UPDATE SET state = excluded.state, "
-                "state_ms = excluded.state_ms WHERE excluded.state_ms >= p.state_ms "
-                "AND (%s OR p.state <> excluded.state)",
-                (device, presence.value, now_ms, not retained),
-            )
+            sql = _Pg(self._connect())
+            tables.write_presence(sql, device, presence, now_ms, retained=retained)
         except (psycopg.Error, CenterDbError) as exc:
             if self._conn is not None and self._conn.broken:
                 self.close()

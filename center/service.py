@@ -38,11 +38,13 @@ from typing import TypeVar
 
 import aiomqtt
 
-from agent.errors import RemoteError
-from agent.protocol import ALL_RECORDS, ALL_RELAYED, PREFIX, ack_topic, device_of_topic
+from center.batch import Store
+from center.database import open_store
+from center.errors import StoreError
 from center.ingest import Ingest, Trust
-from center.status import Presence
-from center.store import Store, StoreError, open_store
+from center.snapshot import Presence
+from contract.errors import RemoteError
+from contract.protocol import ALL_RECORDS, ALL_RELAYED, PREFIX, ack_topic, device_of_topic
 from provisioning.registry import KeyEntry, Registry
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,11 @@
 Reading is cheap by construction: the stores keep each device's chain state (records, last
 sequence number, gaps), its newest state message and its last reported outbox depth in a
 row of their own, moved on with every batch (center/store.py), so a status is one read of
-a few small tables, never a walk over the records. `snapshot_of` turns those rows (the
-same in SQLite and PostgreSQL) into values; `build_status` decides, for a given `now`,
-what each device is; `render` and `as_json` present it. All of it is pure except
-`read_status`, which opens the database read-only (it may run beside live centers).
+a few small tables, never a walk over the records. A store's `snapshot` turns those rows
+(the same in SQLite and PostgreSQL) into values (center/snapshot.py); `build_status`
+decides, for a given `now`, what each device is; `render` and `as_json` present it. All of
+it is pure except `read_status`, which opens the database read-only (it may run beside
+live centers).
 
 Online: the device's retained state message (`online`, or `offline`: its last will, sent
 by the broker when the link drops), when it has sent one; otherwise whether the center
@@ -20,100 +21,14 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from center.chain import ChainState, Gap, GapKind, merge
+from center.chain import GapKind
+from center.database import open_store
+from center.snapshot import Presence, Snapshot
 
 DEFAULT_ONLINE_WINDOW_MS = 10 * 60_000
-
-
-class Presence(enum.Enum):
-    """A device's retained state message (picket/v1/{device}/up/state)."""
-
-    ONLINE = "online"
-    OFFLINE = "offline"
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRow:
-    """One device as the store holds it: chain state, presence, health."""
-
-    device: str
-    chain: ChainState
-    forks: int = 0
-    last_received_ms: int | None = None
-    depth: int | None = None
-    depth_time_ms: int | None = None
-    presence: Presence | None = None
-    presence_ms: int | None = None
-    dropped: tuple[tuple[int, int], ...] = ()  # merged (first, last) ranges evicted
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    devices: tuple[DeviceRow, ...]
-    refused: Mapping[str, int] = field(default_factory=dict)
-
-
-Row = Sequence[object]
-
-
-def snapshot_of(
-    *,
-    chains: Sequence[Row],
-    gaps: Sequence[Row],
-    forks: Sequence[Row],
-    dropped: Sequence[Row],
-    presence: Sequence[Row],
-    refused: Sequence[Row],
-) -> Snapshot:
-    """The rows of the status queries (the same in every store) as a `Snapshot`."""
-    gap_map: dict[str, list[Gap]] = {}
-    for device, first, last, below, above in gaps:
-        gap_map.setdefault(str(device), []).append(
-            Gap(_int(first), _int(last), None if below is None else _bytes(below), _bytes(above))
-        )
-    drop_map: dict[str, list[tuple[int, int]]] = {}
-    for device, first, last in dropped:
-        drop_map.setdefault(str(device), []).append((_int(first), _int(last)))
-    fork_map = {str(d): _int(n) for d, n in forks}
-    seen = {str(d): (Presence(str(s)), _int(ms)) for d, s, ms in presence}
-    rows: dict[str, DeviceRow] = {}
-    for device, records, last_seq, last_boot, last_hash, received, depth, depth_ms in chains:
-        name = str(device)
-        p = seen.get(name)
-        rows[name] = DeviceRow(
-            device=name,
-            chain=ChainState(
-                _int(records),
-                _int(last_seq),
-                _int(last_boot),
-                _bytes(last_hash),
-                tuple(gap_map.get(name, ())),
-            ),
-            forks=fork_map.get(name, 0),
-            last_received_ms=None if received is None else _int(received),
-            depth=None if depth is None else _int(depth),
-            depth_time_ms=None if depth_ms is None else _int(depth_ms),
-            presence=None if p is None else p[0],
-            presence_ms=None if p is None else p[1],
-            dropped=merge(drop_map.get(name, ())),
-        )
-    for name, (pres, ms) in seen.items():
-        if name not in rows:
-            rows[name] = DeviceRow(name, ChainState(), presence=pres, presence_ms=ms)
-    return Snapshot(tuple(rows[n] for n in sorted(rows)), {str(r): _int(n) for r, n in refused})
-
-
-def _int(v: object) -> int:
-    assert isinstance(v, int)
-    return v
-
-
-def _bytes(v: object) -> bytes:
-    assert isinstance(v, bytes | bytearray | memoryview)
-    return bytes(v)
 
 
 # --- the status ---------------------------------------------------------------------------------
@@ -207,8 +122,6 @@ def read_status(
 
     Raises CenterDbError when it is missing, not a center's, or cannot be read.
     """
-    from center.store import open_store  # store imports this module's values
-
     store = open_store(db, readonly=True)
     try:
         return build_status(store.snapshot(), now_ms, online_window_ms)

@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.cose import decode_sign1, sign1, strict_loads, verify1
-from agent.errors import RecordError, RemoteError
+from contract.cose import decode_sign1, sign1, strict_loads, verify1
+from contract.errors import RecordError, RemoteError
+from firmware_bridge.errors import BridgeError
 
 KIND = "picket-firmware"
 FORMAT = 1
@@ -38,8 +39,8 @@ MAX_IMAGE = 1 << 20  # the RP2040 module's flash holds two images of at most thi
 Version = tuple[int, int, int]
 
 
-class BundleError(RemoteError):
-    """A firmware bundle that must not be installed; the text says why."""
+class BundleError(BridgeError, RemoteError):
+    """A firmware bundle that must not be installed (bytes from outside); the text says why."""
 
 
 def version_text(version: Sequence[int]) -> str:

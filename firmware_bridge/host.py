@@ -1,31 +1,29 @@
 """The Pi's side of the serial bridge to the radio MCU: one asyncio driver, `Bridge`.
 
 The frames are frame.py's and the messages messages.py's; this module decides what the
-protocol leaves to the host, and docs/bridge.md states the same rules for people:
+protocol leaves to the host, and docs/bridge.md states the same rules for people. It is the
+thin part that owns the port and the tasks; what can be decided without them is beside it:
+retry.py (when to send again, when to give up; exchange.py runs it on the loop),
+payloads.py (what a payload says) and update.py (the firmware update procedure). The values
+and errors are values.py's and errors.py's, and importable from here, the driver's API.
 
 * **One request at a time.** Requests carry ids 1-255 (wrapping; 0 is the MCU's events)
   and wait for the response with the same id and type. One outstanding request keeps
   the MCU's receive buffer small and makes "which request did this answer belong to"
   trivial after a retry, a reset or a reconnect. A response nobody waits for any more
   (late, duplicated) is counted and dropped.
-* **Retries.** An attempt waits `timeout_s`. Idempotent requests (HELLO, PING, RADIO_CONFIG,
-  FEEDBACK, BATTERY, STATUS, FW_BEGIN, and FW_CHUNK, which the firmware acknowledges
-  again when it already wrote that chunk) are sent again with the *same id* after a
-  timeout, or at once when a garbled frame arrives while the answer is due (most likely
-  the answer itself: no point waiting out the timeout). Because the id is the same, a
-  late answer to the first attempt satisfies the second one. RADIO_SEND is not
-  idempotent (each copy costs airtime and duty cycle): it is retried, with the same id,
-  only when nothing at all came back, i.e. the request most likely never reached the
-  MCU; if a garbled frame came instead of the answer, the packet may be on the air and
-  the caller gets `SendUncertain`. The same id lets a firmware that remembers its last
-  RADIO_SEND answer a repeat from memory instead of transmitting twice.
+* **Retries** (retry.py has the table). An attempt waits `timeout_s`; idempotent requests
+  are sent again with the *same id* after a timeout, or at once after a garbled answer;
+  RADIO_SEND and FW_COMMIT only when nothing at all came back (a garbled answer is
+  `SendUncertain`); after 1 + `retries` attempts, `BridgeTimeout`, and a HELLO before the
+  MCU is trusted again. A RADIO_SEND never takes the previous RADIO_SEND's id.
 * **Heartbeat.** When no frame has come for `heartbeat_s`, a PING goes out; a heartbeat
   that fails takes the link down (`on_link`, counted), and the heartbeat goes on
   until the MCU answers again, when a HELLO checks whether it restarted meanwhile.
 * **Reconnects.** A port that fails (EIO, end of stream: unplugged, or a pty whose master
   closed) or cannot be opened (ENOENT while unplugged) is closed, the request in flight
   fails with `LinkDown`, and the same path is opened again after a backoff with jitter
-  (agent/serialport.py), so a by-id symlink that now points elsewhere is followed.
+  (contract/serialport.py), so a by-id symlink that now points elsewhere is followed.
   Input that waited in the driver is flushed on opening.
 * **Resynchronisation.** A BOOT event, or a HELLO showing another boot_count than the one
   known, means the MCU restarted: the request in flight fails with `McuReset` (the MCU
@@ -34,11 +32,8 @@ protocol leaves to the host, and docs/bridge.md states the same rules for people
 * **Versions.** HELLO's protocol byte is the bridge protocol's major version; an MCU that
   speaks another one is refused with `VersionMismatch`, naming both and the firmware
   version, and no other request is sent to it.
-* **Firmware updates** (`update_firmware`): FW_BEGIN, FW_CHUNKs of at most 256 bytes,
-  FW_COMMIT, then the BOOT that follows. The new version coming up, answering a HELLO and
-  not rolling back within `confirm_s` is success; a BOOT with reset cause ROLLBACK is
-  `UpdateFailed("the MCU rolled back to x.y.z …")`. The trust boundary (who checks what
-  about an image) is in fwbundle.py.
+* **Firmware updates** (`update_firmware`, update.py): FW_BEGIN, FW_CHUNKs, FW_COMMIT, then
+  the BOOT that follows; the new version must come up and not roll back within `confirm_s`.
 
 Everything runs on the caller's event loop; `on_event` and `on_link` are called from it
 and must not block.
@@ -48,283 +43,80 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import errno
-import hashlib
 import logging
 import struct
 import time
-import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
 
-from agent.serialport import Backoff, SerialPort, describe
-from firmware_bridge import frame
+from contract.serialport import Backoff, SerialPort, describe
+from firmware_bridge import exchange, frame, payloads, update
 from firmware_bridge import messages as m
+from firmware_bridge.errors import (
+    BridgeError,
+    BridgeTimeout,
+    DutyCycleExceeded,
+    LinkDown,
+    McuReset,
+    SendUncertain,
+    StatusError,
+    UpdateFailed,
+    VersionMismatch,
+)
+from firmware_bridge.exchange import Pending
+from firmware_bridge.retry import Action, Attempts, Ids, retry_class
+from firmware_bridge.values import (
+    DEFAULT_BAUD,
+    NAMES,
+    BatteryReading,
+    BootEvent,
+    BridgeOptions,
+    BridgeStats,
+    Event,
+    LinkStatus,
+    LogEvent,
+    McuInfo,
+    McuStatus,
+    RadioConfig,
+    RadioRx,
+    SosEvent,
+    UpdateResult,
+    Version,
+    parse_port,
+    version_text,
+)
+
+__all__ = [
+    "DEFAULT_BAUD",
+    "BatteryReading",
+    "BootEvent",
+    "Bridge",
+    "BridgeError",
+    "BridgeOptions",
+    "BridgeStats",
+    "BridgeTimeout",
+    "DutyCycleExceeded",
+    "Event",
+    "LinkDown",
+    "LinkStatus",
+    "LogEvent",
+    "McuInfo",
+    "McuReset",
+    "McuStatus",
+    "RadioConfig",
+    "RadioRx",
+    "SendUncertain",
+    "SosEvent",
+    "StatusError",
+    "UpdateFailed",
+    "UpdateResult",
+    "Version",
+    "VersionMismatch",
+    "parse_port",
+    "version_text",
+]
 
 log = logging.getLogger(__name__)
-
-Version = tuple[int, int, int]
-
-NAMES = {
-    m.HELLO: "HELLO",
-    m.PING: "PING",
-    m.RADIO_CONFIG: "RADIO_CONFIG",
-    m.RADIO_SEND: "RADIO_SEND",
-    m.FEEDBACK: "FEEDBACK",
-    m.BATTERY: "BATTERY",
-    m.FW_BEGIN: "FW_BEGIN",
-    m.FW_CHUNK: "FW_CHUNK",
-    m.FW_COMMIT: "FW_COMMIT",
-    m.STATUS: "STATUS",
-    m.BOOT: "BOOT",
-    m.RADIO_RX: "RADIO_RX",
-    m.SOS: "SOS",
-    m.LOG: "LOG",
-}
-RESET_CAUSES = {
-    m.RESET_POWER_ON: "power-on",
-    m.RESET_WATCHDOG: "watchdog",
-    m.RESET_SOFT: "soft reset",
-    m.RESET_ROLLBACK: "rollback",
-}
-DEFAULT_BAUD = 115200
-
-
-def version_text(v: tuple[int, ...]) -> str:
-    return ".".join(str(x) for x in v)
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class BridgeError(Exception):
-    """Base of every error the bridge raises on purpose."""
-
-
-class LinkDown(BridgeError):
-    """The port is closed, missing or failed, or the MCU did not come up in time."""
-
-
-class BridgeTimeout(BridgeError):
-    """The MCU did not answer a request, retries included."""
-
-
-class McuReset(BridgeError):
-    """The MCU restarted while a request was in flight; it forgot the request."""
-
-
-class VersionMismatch(BridgeError):
-    """The MCU speaks another major version of the bridge protocol."""
-
-    def __init__(self, text: str, mcu_protocol: int, mcu_firmware: Version) -> None:
-        super().__init__(text)
-        self.mcu_protocol = mcu_protocol
-        self.mcu_firmware = mcu_firmware
-
-
-class StatusError(BridgeError):
-    """The MCU answered with a status other than OK."""
-
-    def __init__(self, request: int, status: int) -> None:
-        name = m.STATUS_NAMES.get(status, f"status {status}")
-        super().__init__(f"{NAMES.get(request, hex(request))} refused by the MCU: {name}")
-        self.request = request
-        self.status = status
-        self.status_name = name
-
-
-class DutyCycleExceeded(StatusError):
-    """RADIO_SEND refused: sending now would exceed the regulatory duty cycle."""
-
-
-class SendUncertain(BridgeError):
-    """RADIO_SEND's answer arrived garbled: the packet may or may not be on the air."""
-
-
-class UpdateFailed(BridgeError):
-    """A firmware update did not end with the new image running."""
-
-    def __init__(self, text: str, *, rolled_back_to: Version | None = None) -> None:
-        super().__init__(text)
-        self.rolled_back_to = rolled_back_to
-
-
-# --- values ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RadioConfig:
-    """RADIO_CONFIG's fields; the defaults are the firmware's own start-up settings."""
-
-    freq_hz: int = 470_300_000
-    sf: int = 9
-    bw_hz: int = 125_000
-    cr: int = 5  # 5-8 for 4/5-4/8
-    power_dbm: int = 14
-    preamble: int = 8
-    sync: int = 0x12
-
-    def payload(self) -> bytes:
-        return m.pack(
-            m.RADIO_CONFIG_FMT,
-            self.freq_hz,
-            self.sf,
-            self.bw_hz,
-            self.cr,
-            self.power_dbm,
-            self.preamble,
-            self.sync,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class McuInfo:
-    """What HELLO (or a BOOT event) says about the MCU."""
-
-    protocol: int
-    version: Version
-    boot_count: int
-    reset_cause: int
-    caps: int = 0
-
-    @property
-    def reset_cause_name(self) -> str:
-        return RESET_CAUSES.get(self.reset_cause, f"cause {self.reset_cause}")
-
-
-class BatteryReading(NamedTuple):
-    millivolts: int
-    percent: int
-    charging: bool
-
-
-@dataclass(frozen=True, slots=True)
-class McuStatus:
-    version: Version
-    uptime_s: int
-    update_pending: bool
-    radio_busy: bool
-    tx_budget_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateResult:
-    previous: Version
-    version: Version
-    boot_count: int
-    size: int
-    chunks: int
-    seconds: float
-
-
-# Events, as `on_event` receives them.
-@dataclass(frozen=True, slots=True)
-class BootEvent:
-    info: McuInfo
-
-
-@dataclass(frozen=True, slots=True)
-class RadioRx:
-    packet: bytes
-    rssi_dbm: int
-    snr_db: float
-
-
-@dataclass(frozen=True, slots=True)
-class SosEvent:
-    presses: int
-    held_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class LogEvent:
-    level: int
-    text: str
-
-
-Event = BootEvent | RadioRx | SosEvent | LogEvent
-
-
-@dataclass(frozen=True, slots=True)
-class LinkStatus:
-    up: bool
-    detail: str
-
-
-@dataclass(slots=True)
-class BridgeStats:
-    frames_sent: int = 0
-    frames_received: int = 0  # well-formed frames, responses and events
-    bad_frames: int = 0  # CRC, stuffing or length wrong (the decoder's count)
-    oversize: int = 0
-    dropped_bytes: int = 0
-    requests: int = 0
-    retries: int = 0
-    timeouts: int = 0  # attempts that got no answer in time
-    garbled: int = 0  # attempts answered by a frame that did not decode
-    stale_responses: int = 0  # answers nobody waited for (late, or duplicated by a retry)
-    malformed: int = 0  # frames that decoded but made no sense (no status byte, bad event)
-    events: int = 0
-    resyncs: int = 0  # MCU restarts noticed (BOOT, or a new boot_count in HELLO)
-    reconnects: int = 0  # port opened again after the first time
-    link_ups: int = 0
-    link_downs: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeOptions:
-    baud: int = DEFAULT_BAUD
-    timeout_s: float = 0.5  # one attempt
-    retries: int = 3  # attempts after the first
-    heartbeat_s: float = 5.0
-    ready_wait_s: float = 5.0  # how long a request waits for the link to come (back) up
-    backoff_max_s: float = 5.0
-    commit_timeout_s: float = 10.0  # FW_COMMIT until the new image's BOOT
-    confirm_s: float = 12.0  # the new image must not roll back within this long
-    chunk: int = m.FW_CHUNK_MAX
-
-
-class Retry(enum.Enum):
-    IDEMPOTENT = "idempotent"  # again on timeout or on a garbled answer
-    IF_SILENT = "if-silent"  # again only when nothing at all came back
-    NEVER = "never"
-
-
-RETRY = {
-    m.RADIO_SEND: Retry.IF_SILENT,
-    m.FW_COMMIT: Retry.IF_SILENT,  # resets the MCU: once it answered, do not ask again
-}
-
-
-@dataclass(slots=True)
-class _Pending:
-    type: int
-    id: int
-    future: asyncio.Future[tuple[int, bytes]]
-    garbled: asyncio.Event = field(default_factory=asyncio.Event)  # a broken frame came
-
-
-class _Garbled(Exception):
-    pass
-
-
-def parse_port(port: str) -> tuple[str, int]:
-    """ "/dev/ttyACM0" or "serial:///dev/ttyACM0?baud=115200" → (path, baud or 0)."""
-    if "://" not in port:
-        return port, 0
-    url = urllib.parse.urlsplit(port)
-    if url.scheme != "serial" or url.netloc or not url.path:
-        raise ValueError(f"{port!r}: expected a device path or serial:///dev/…?baud=N")
-    query = urllib.parse.parse_qs(url.query)
-    baud = query.pop("baud", ["0"])[-1]
-    if query or not baud.isdigit():
-        raise ValueError(f"{port!r}: the only parameter is baud=N")
-    return urllib.parse.unquote(url.path), int(baud)
 
 
 class Bridge:
@@ -355,9 +147,8 @@ class Bridge:
         self._wake = asyncio.Event()  # the keeper has something to do (resync, check)
         self._resync = False
         self._check = False  # after a timeout: HELLO before trusting the MCU's state again
-        self._pending: _Pending | None = None
-        self._next_id = 1
-        self._last_send_id = 0
+        self._pending: Pending | None = None
+        self._ids = Ids()
         self._last_rx = 0.0
         self._opened = 0
         self._task: asyncio.Task[None] | None = None
@@ -614,7 +405,7 @@ class Bridge:
 
     def _on_event(self, etype: int, payload: bytes) -> None:
         try:
-            event = _parse_event(etype, payload)
+            event = payloads.parse_event(etype, payload)
         except (ValueError, struct.error, UnicodeDecodeError):
             self.stats.malformed += 1
             return
@@ -634,15 +425,6 @@ class Bridge:
 
     # -- requests -------------------------------------------------------------------------
 
-    def _take_id(self, rtype: int) -> int:
-        fid = self._next_id
-        if rtype == m.RADIO_SEND and fid == self._last_send_id:
-            fid = fid % 255 + 1  # never the previous RADIO_SEND's id: it may be remembered
-        self._next_id = fid % 255 + 1
-        if rtype == m.RADIO_SEND:
-            self._last_send_id = fid
-        return fid
-
     async def _request(self, rtype: int, payload: bytes = b"", *, internal: bool = False) -> bytes:
         """Send one request and return its answer after the status byte (OK only)."""
         if not internal:
@@ -656,68 +438,44 @@ class Bridge:
         return body
 
     async def _exchange(self, rtype: int, payload: bytes) -> tuple[int, bytes]:
+        """One request: retry.py decides, exchange.py waits, this sends and raises."""
         opts = self.options
-        policy = RETRY.get(rtype, Retry.IDEMPOTENT)
-        fid = self._take_id(rtype)
+        attempts = Attempts(retry_class(rtype), timeout_s=opts.timeout_s, retries=opts.retries)
+        fid = self._ids.take(rtype)
         wire = frame.encode(rtype, fid, payload)
         name = f"{NAMES.get(rtype, hex(rtype))} #{fid}"
         self.stats.requests += 1
         loop = asyncio.get_running_loop()
-        pending = _Pending(rtype, fid, loop.create_future())
+        pending = Pending(rtype, fid, loop.create_future())
         self._pending = pending
-        started = _now()
+        started = loop.time()
         try:
-            for attempt in range(opts.retries + 1):
-                pending.garbled.clear()
-                port = self._port
-                if port is None:
-                    raise LinkDown(f"{self.path}: {self.link.detail}")
-                try:
-                    await port.write(wire)
-                except OSError as exc:
-                    raise LinkDown(describe(self.path, exc)) from exc
-                self.stats.frames_sent += 1
-                try:
-                    return await self._answer(pending)
-                except TimeoutError:  # silence: the request most likely never arrived
-                    self.stats.timeouts += 1
-                    if policy is Retry.NEVER:
-                        break
-                except _Garbled:  # most likely the answer itself, broken
-                    self.stats.garbled += 1
-                    if policy is not Retry.IDEMPOTENT:
-                        raise SendUncertain(
-                            f"{name}: the MCU's answer arrived garbled; it may have acted "
-                            "(a packet may be on the air)"
-                        ) from None
-                if attempt < opts.retries:
-                    self.stats.retries += 1
-            self._check = True  # did it restart with its BOOT lost? the keeper asks
+            decision = await exchange.run(pending, attempts, lambda: self._send(wire), self.stats)
+            if decision.action is Action.DONE or decision.action is Action.RESYNC:
+                return pending.future.result()  # the answer, or McuReset / LinkDown
+            if decision.action is Action.UNCERTAIN:
+                raise SendUncertain(
+                    f"{name}: the MCU's answer arrived garbled; it may have acted "
+                    "(a packet may be on the air)"
+                )
+            self._check = True  # GIVE_UP: did it restart with its BOOT lost? the keeper asks
             self._wake.set()
             raise BridgeTimeout(
                 f"{name}: no answer from the MCU on {self.path} after {opts.retries + 1} "
-                f"attempts ({_now() - started:.2f} s)"
+                f"attempts ({loop.time() - started:.2f} s)"
             )
         finally:
             self._pending = None
 
-    async def _answer(self, pending: _Pending) -> tuple[int, bytes]:
-        """The answer within one attempt's time; _Garbled when a broken frame came first."""
-        garbled = asyncio.ensure_future(pending.garbled.wait())
+    async def _send(self, wire: bytes) -> None:
+        port = self._port
+        if port is None:
+            raise LinkDown(f"{self.path}: {self.link.detail}")
         try:
-            async with asyncio.timeout(self.options.timeout_s):
-                done, _ = await asyncio.wait(
-                    (pending.future, garbled), return_when=asyncio.FIRST_COMPLETED
-                )
-        finally:
-            garbled.cancel()
-        if pending.future in done:
-            return pending.future.result()
-        # A broken frame: give a whole answer that follows right behind it a moment.
-        await asyncio.sleep(0)
-        if pending.future.done():
-            return pending.future.result()
-        raise _Garbled
+            await port.write(wire)
+        except OSError as exc:
+            raise LinkDown(describe(self.path, exc)) from exc
+        self.stats.frames_sent += 1
 
     # -- the API --------------------------------------------------------------------------
 
@@ -727,14 +485,13 @@ class Bridge:
 
     async def _hello(self, *, internal: bool) -> McuInfo:
         body = await self._request(m.HELLO, bytes((m.PROTOCOL,)), internal=internal)
-        proto, a, b, c, boot, cause, caps = _ints(m.unpack(m.HELLO_RESPONSE, body))
-        info = McuInfo(proto, (a, b, c), boot, cause, caps)
-        if proto != m.PROTOCOL:
+        info = payloads.hello_info(body)
+        if info.protocol != m.PROTOCOL:
             raise VersionMismatch(
-                f"{self.path}: the MCU speaks bridge protocol {proto} (firmware "
+                f"{self.path}: the MCU speaks bridge protocol {info.protocol} (firmware "
                 f"{version_text(info.version)}), this host speaks {m.PROTOCOL}: refused; "
                 "update the MCU firmware or the agent so that both match",
-                proto,
+                info.protocol,
                 info.version,
             )
         self._note_boot(info, "HELLO")
@@ -765,22 +522,16 @@ class Bridge:
         """Transmit one LoRa packet; its time on air in ms. DutyCycleExceeded, StatusError."""
         if not 1 <= len(packet) <= m.MAX_PACKET:
             raise ValueError(f"a LoRa packet is 1 to {m.MAX_PACKET} bytes, not {len(packet)}")
-        body = await self._request(m.RADIO_SEND, bytes(packet))
-        (toa,) = _ints(m.unpack("<I", body))
-        return toa
+        return payloads.time_on_air(await self._request(m.RADIO_SEND, bytes(packet)))
 
     async def feedback(self, pattern: int) -> None:
         await self._request(m.FEEDBACK, bytes((pattern,)))
 
     async def battery(self) -> BatteryReading:
-        mv, pct, charging = _ints(m.unpack(m.BATTERY_RESPONSE, await self._request(m.BATTERY)))
-        return BatteryReading(mv, pct, bool(charging))
+        return payloads.battery_reading(await self._request(m.BATTERY))
 
     async def status(self) -> McuStatus:
-        a, b, c, uptime, pending, busy, budget = _ints(
-            m.unpack(m.STATUS_RESPONSE, await self._request(m.STATUS))
-        )
-        return McuStatus((a, b, c), uptime, bool(pending), bool(busy), budget)
+        return payloads.mcu_status(await self._request(m.STATUS))
 
     async def update_firmware(
         self,
@@ -790,114 +541,18 @@ class Bridge:
         progress: Callable[[int, int], None] | None = None,
     ) -> UpdateResult:
         """Send `image` as firmware `version`, switch, and see the new image come up."""
-        opts = self.options
-        started = _now()
-        info = await self.wait_ready()
-        if not info.caps & m.CAP_UPDATE:
-            raise UpdateFailed(
-                f"MCU firmware {version_text(info.version)} does not take firmware updates"
-            )
-        previous = info.version
-        digest = hashlib.sha256(image).digest()
-        try:
-            await self._request(m.FW_BEGIN, m.pack(m.FW_BEGIN_FMT, *version, len(image), digest))
-        except StatusError as exc:
-            raise UpdateFailed(
-                f"the MCU refused to begin the update ({exc.status_name}): the image is too "
-                "big, or the running image has not confirmed itself yet"
-            ) from exc
-        chunks = 0
-        size = max(1, min(opts.chunk, m.FW_CHUNK_MAX))
-        for offset in range(0, len(image), size):
-            piece = image[offset : offset + size]
-            try:
-                await self._request(m.FW_CHUNK, struct.pack("<I", offset) + piece)
-            except StatusError as exc:
-                raise UpdateFailed(
-                    f"the MCU refused the chunk at offset {offset} ({exc.status_name})"
-                ) from exc
-            chunks += 1
-            if progress is not None:
-                progress(offset + len(piece), len(image))
-        loop = asyncio.get_running_loop()
-        boot: asyncio.Future[McuInfo] = loop.create_future()
+        link = update.Link(self._request, self.wait_ready, self._next_boot, self.options)
+        return await update.install(link, image, version, progress=progress)
+
+    @contextlib.contextmanager
+    def _next_boot(self) -> Iterator[asyncio.Future[McuInfo]]:
+        """A future that the MCU's next restart resolves (`_note_boot`), within the block."""
+        boot: asyncio.Future[McuInfo] = asyncio.get_running_loop().create_future()
         self._boot_waiters.append(boot)
         try:
-            try:
-                await self._request(m.FW_COMMIT)
-            except (McuReset, SendUncertain, BridgeTimeout):
-                pass  # the BOOT overtook the answer, or the answer was lost: the BOOT tells
-            except StatusError as exc:
-                raise UpdateFailed(
-                    f"the MCU refused to switch ({exc.status_name}): the staged image does not "
-                    "match its SHA-256"
-                ) from exc
-            try:
-                async with asyncio.timeout(opts.commit_timeout_s):
-                    new = await boot
-            except TimeoutError:
-                raise UpdateFailed(
-                    f"the MCU did not restart within {opts.commit_timeout_s:g} s of FW_COMMIT"
-                ) from None
-            new = await self._settle(new, version)
+            yield boot
         finally:
             self._boot_waiters.remove(boot)
-        await self.wait_ready()
-        return UpdateResult(previous, version, new.boot_count, len(image), chunks, _now() - started)
-
-    async def _settle(self, info: McuInfo, version: Version) -> McuInfo:
-        """The image that came up after FW_COMMIT: the new one, staying up for confirm_s?"""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.confirm_s
-        while True:
-            if info.reset_cause == m.RESET_ROLLBACK:
-                raise UpdateFailed(
-                    f"the MCU rolled back to {version_text(info.version)}: firmware "
-                    f"{version_text(version)} did not confirm itself",
-                    rolled_back_to=info.version,
-                )
-            if info.version != version:
-                raise UpdateFailed(
-                    f"the MCU restarted with firmware {version_text(info.version)}, not "
-                    f"{version_text(version)}"
-                )
-            left = deadline - loop.time()
-            if left <= 0:
-                return info
-            later: asyncio.Future[McuInfo] = loop.create_future()
-            self._boot_waiters.append(later)
-            try:
-                async with asyncio.timeout(left):
-                    info = await later  # only a restart resolves it
-            except TimeoutError:
-                return info
-            finally:
-                self._boot_waiters.remove(later)
-
-
-def _ints(values: tuple[object, ...]) -> tuple[int, ...]:
-    out = tuple(v for v in values if isinstance(v, int))
-    if len(out) != len(values):
-        raise BridgeError("unexpected field types")
-    return out
-
-
-def _parse_event(etype: int, payload: bytes) -> Event:
-    if etype == m.BOOT:
-        proto, a, b, c, boot, cause = _ints(m.unpack(m.BOOT_EVENT, payload))
-        return BootEvent(McuInfo(proto, (a, b, c), boot, cause))
-    if etype == m.RADIO_RX:
-        head = struct.calcsize(m.RX_HEAD)
-        rssi, snr_q = _ints(m.unpack(m.RX_HEAD, payload[:head]))
-        return RadioRx(payload[head:], rssi, snr_q / 4)
-    if etype == m.SOS:
-        presses, held = _ints(m.unpack(m.SOS_EVENT, payload))
-        return SosEvent(presses, held)
-    if etype == m.LOG:
-        if not payload:
-            raise ValueError("empty LOG event")
-        return LogEvent(payload[0], payload[1:].decode("utf-8", "replace"))
-    raise ValueError(f"unknown event type {etype:#x}")
 
 
 def _now() -> float:

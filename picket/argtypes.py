@@ -17,6 +17,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def host_port(text: str) -> tuple[str, int]:
+    """A broker's address, HOST:PORT."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:1883)")
+    return host, int(port)
+
+
 def tls_dir(text: str) -> Path:
     """A folder from `picket provision center`: ca.crt, center.crt and center.key."""
     folder = Path(text)
@@ -32,6 +40,6 @@ def center_tls(folder: Path | None) -> ssl.SSLContext | None:
     """The center's client TLS context from a `tls_dir` folder (None: plain MQTT)."""
     if folder is None:
         return None
-    from agent.uplink import UplinkTls
+    from provisioning.fleet import service_tls
 
-    return UplinkTls(folder / "ca.crt", folder / "center.crt", folder / "center.key").context()
+    return service_tls(folder, "center")

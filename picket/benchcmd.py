@@ -1,9 +1,10 @@
 """`picket bench checkins`: the check-in engine against simulated ground truth.
 
-The scenarios, the engine runs and the scoring live in simulators/truth.py (pure, seeded);
-this module only turns a `Scoreboard` into a table for people or one JSON object for
-machines, and the goal into the exit code: 0 when it is met, 1 when it is not. Progress
-goes to stderr. The lead wires `add_parsers` and `checkins` into picket/cli.py.
+The scenarios live in simulators/truthcases.py, the engine runs and the scoring in
+simulators/truth.py (pure, seeded); this module only turns a `Scoreboard` into a table
+for people or one JSON object for machines, and the goal into the exit code: 0 when it is
+met, 1 when it is not. Progress goes to stderr. picket/cli.py wires `add_parsers` and
+`checkins` in.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from simulators.truth import (
     GOAL_CONDITIONS,
     GOAL_PRECISION,
     GOAL_RECALL,
-    Behaviour,
     Scoreboard,
     Tally,
     case_keys,
     run_bench,
 )
+from simulators.truthcases import Behaviour
 
 DEFAULT_CASES = 500  # per behaviour and condition: 1,000 visits per condition, ~70 s here
 

@@ -1,7 +1,7 @@
 """`picket bridge ping|soak|bundle|update`: the radio MCU's serial bridge, and its firmware.
 
 Both run the real host driver (firmware_bridge/host.py) against a port, or with `--sim`
-against the simulated MCU (firmware_bridge/mcusim.py, the real firmware logic behind a
+against the simulated MCU (simulators/mcusim.py, the real firmware logic behind a
 pseudo-terminal), so a bench result and a field result are the same measurement.
 
 `ping` prints the MCU's firmware and the round-trip times. `soak` sends N echo requests
@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from picket.argtypes import positive_int
+from picket.errors import CliInputError
 from picket.report import print_report
 
 if TYPE_CHECKING:
     from firmware_bridge.host import BridgeStats
-    from firmware_bridge.mcusim import McuSim
+    from simulators.mcusim import McuSim
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 SOAK_TIMEOUT_S = 0.01  # one attempt on the simulator's pty: answers come in ~0.2 ms
@@ -167,7 +168,7 @@ def _port_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--sim", action="store_true", help="the simulated MCU on a pty")
 
 
-class BridgeInputError(Exception):
+class BridgeInputError(CliInputError):
     """Bad input for a bridge command (exit code 2)."""
 
 
@@ -206,7 +207,7 @@ async def _target(
             raise BridgeInputError(str(exc)) from exc
         yield args.port, None
         return
-    from firmware_bridge.mcusim import McuSim
+    from simulators.mcusim import McuSim
 
     with tempfile.TemporaryDirectory(prefix="picket-mcusim-") as folder:
         if make_sim is None:
@@ -466,7 +467,8 @@ def _update_sim(no_confirm: bool) -> Callable[[Path], McuSim]:
     """The simulator for `update --sim`: quick to confirm; with `no_confirm`, every image
     an update installs hangs before it confirms itself, whatever its sim.json says."""
     from firmware_bridge.firmware import boot
-    from firmware_bridge.mcusim import ImageBehaviour, McuSim
+    from simulators.mcuboard import ImageBehaviour
+    from simulators.mcusim import McuSim
 
     class NoConfirmSim(McuSim):
         def _behaviour(self, slot: str) -> ImageBehaviour:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from center import export as evidence
-from center.export import CenterDbError
+from center.errors import CenterDbError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2  # as in picket.cli
 

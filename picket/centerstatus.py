@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TextIO
 
-from center.export import CenterDbError
+from center.errors import CenterDbError
 from center.status import DEFAULT_ONLINE_WINDOW_MS, as_json, read_status, render
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2  # as in picket.cli

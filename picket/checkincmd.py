@@ -13,11 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from agent.engine import CheckinEngine, CheckinEvent, Event, MissedEvent
-from agent.fix import Fix
+from agent.checkin.engine import CheckinEngine, CheckinEvent, Event, MissedEvent
+from agent.checkin.planfile import load_plan
 from agent.gnss.nmea import NmeaParser
 from agent.gnss.report import iso_time
-from agent.planfile import load_plan
+from contract.fix import Fix
 from picket.gps import GpsInputError, date_arg
 
 

@@ -2,7 +2,9 @@
 
 Exit codes: 0 success, 1 the work failed (a peer, the disk, a broken invariant),
 2 bad input (arguments, files, configuration), 130 interrupted. With `--json` the last
-line on stdout is one JSON object; people get tables, and progress goes to stderr.
+line on stdout is one JSON object; people get tables, and progress goes to stderr. A handler
+refuses input by raising a picket.errors.CliError, which main() prints as
+`picket: error: …` and turns into the error's exit code.
 """
 
 from __future__ import annotations
@@ -30,17 +32,12 @@ from picket import (
     rotatecmd,
     simcmd,
 )
-from picket.argtypes import center_tls, positive_int, tls_dir
+from picket.argtypes import center_tls, host_port, positive_int, tls_dir
+from picket.errors import EXIT_FAILED, EXIT_OK, CliError, CliInputError
 from picket.report import print_report
 
 if TYPE_CHECKING:
     from simulators.faults import FaultKind
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-class BadInput(Exception):
-    """Raised for input we refuse; main() turns it into exit code 2."""
 
 
 def _positive_float(text: str) -> float:
@@ -51,13 +48,6 @@ def _positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
     return value
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:1883)")
-    return host, int(port)
 
 
 def _faults(text: str) -> tuple[FaultKind, ...]:
@@ -97,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--db", required=True, help="center database: a SQLite path or a postgresql:// URL"
     )
     run.add_argument("--registry", type=Path, required=True, help="device registry (SQLite)")
-    run.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+    run.add_argument("--broker", type=host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
     run.add_argument(
         "--tls", type=tls_dir, metavar="DIR", help="TLS with the center's certificate in DIR"
     )
@@ -140,19 +130,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(run_demo(opts, Progress()))
     except DemoError as exc:
-        raise BadInput(str(exc)) from exc
+        raise CliInputError(str(exc)) from exc
     print_report(report, args.json)
     ok = report["records_lost"] == 0 and report["records_duplicated"] == 0 and report["drained"]
     return EXIT_OK if ok else EXIT_FAILED
 
 
 def _cmd_center_run(args: argparse.Namespace) -> int:
-    from agent.errors import LocalError
-    from center.export import CenterDbError
+    from center.errors import CenterDbError
     from center.service import CenterService
+    from contract.errors import LocalError
 
     if not args.registry.exists():
-        raise BadInput(f"registry {args.registry} does not exist (provision a device first)")
+        raise CliInputError(f"registry {args.registry} does not exist (provision a device first)")
     host, port = args.broker
 
     async def serve() -> dict[str, object]:
@@ -161,7 +151,7 @@ def _cmd_center_run(args: argparse.Namespace) -> int:
                 args.db, args.registry, host, port, group=args.group, tls=center_tls(args.tls)
             )
         except (ValueError, CenterDbError, LocalError) as exc:
-            raise BadInput(str(exc)) from exc
+            raise CliInputError(str(exc)) from exc
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.stop)
@@ -180,33 +170,30 @@ def _cmd_center_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent_run(args: argparse.Namespace) -> int:
+    from agent.checkin.planfile import PlanError
     from agent.config import ConfigError, load_config
     from agent.daemon import run_until_signalled
     from agent.gnss.sources import SourceError
-    from agent.planfile import PlanError
 
     try:
         cfg = load_config(args.config)
         asyncio.run(run_until_signalled(cfg))
     except (ConfigError, SourceError, PlanError) as exc:
-        raise BadInput(str(exc)) from exc
+        raise CliInputError(str(exc)) from exc
     return EXIT_OK
 
 
 def _cmd_gps(args: argparse.Namespace) -> int:
-    try:
-        return gps.replay(args) if args.gps_command == "replay" else gps.watch(args)
-    except gps.GpsInputError as exc:
-        raise BadInput(str(exc)) from exc
+    return gps.replay(args) if args.gps_command == "replay" else gps.watch(args)
 
 
 def _cmd_checkin_detect(args: argparse.Namespace) -> int:
-    from agent.planfile import PlanError
+    from agent.checkin.planfile import PlanError
 
     try:
         return checkincmd.detect(args)
-    except (PlanError, gps.GpsInputError) as exc:
-        raise BadInput(str(exc)) from exc
+    except PlanError as exc:
+        raise CliInputError(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = getattr(args, f"{args.command}_command", None)
     try:
         return handlers[(args.command, sub)](args)
-    except BadInput as exc:
+    except CliError as exc:  # gps.GpsInputError, and what the handlers above raise
         print(f"picket: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130

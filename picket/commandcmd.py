@@ -24,14 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from agent.commands import CHALLENGE_LEN, MAX_TEXT, Body, Reminder, RollCall, TaskBundle
-from agent.errors import LocalError
-from agent.protocol import DEVICE_ID
-from agent.records import Outcome
 from center.commands import (
-    CenterDbError,
     CommandSigner,
-    DispatchError,
     Receipt,
     RollcallAnswer,
     Signed,
@@ -39,9 +33,15 @@ from center.commands import (
     receipts,
     rollcall_answers,
 )
-from picket.argtypes import center_tls, tls_dir
+from center.errors import CenterDbError, DispatchError
+from contract.commands import CHALLENGE_LEN, MAX_TEXT, Body, Reminder, RollCall, TaskBundle
+from contract.errors import LocalError
+from contract.protocol import DEVICE_ID
+from contract.records import Outcome
+from picket.argtypes import center_tls, host_port, tls_dir
+from picket.errors import CliInputError
 from provisioning.center import create_center_key, load_center_key
-from provisioning.device import ProvisioningError
+from provisioning.registry import ProvisioningError
 
 __all__ = [
     "add_center_parsers",
@@ -59,18 +59,11 @@ POLL_S = 0.25
 TTL_BUNDLE_S, TTL_ROLL_CALL_S, TTL_REMINDER_S = 86_400, 300, 3_600
 
 
-class BadInput(Exception):
+class BadInput(CliInputError):
     """Input refused: exit code 2."""
 
 
 # --- arguments ----------------------------------------------------------------------------------
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:1883)")
-    return host, int(port)
 
 
 def _ids(text: str) -> list[str]:
@@ -131,7 +124,7 @@ def _text(text: str) -> str:
 def _common(p: argparse.ArgumentParser, ttl_s: int, wait_s: float) -> None:
     p.add_argument("--fleet", type=Path, required=True, help="fleet folder (holds center.key)")
     p.add_argument("--db", type=Path, required=True, help="center SQLite database")
-    p.add_argument("--broker", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
+    p.add_argument("--broker", type=host_port, default=("127.0.0.1", 1883), help="HOST:PORT")
     p.add_argument(
         "--tls", type=tls_dir, metavar="DIR", help="TLS with the center's certificate in DIR"
     )

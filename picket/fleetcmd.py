@@ -12,7 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from picket.argtypes import positive_int
+from picket.argtypes import host_port, positive_int
 from picket.report import print_report
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -39,13 +39,6 @@ def _shard(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", type=Path, required=True, help="a `picket sim district` folder")
     p.add_argument("--devices", type=_devices, default=None, help="N or all (all)")
@@ -57,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", type=Path, help="keep devices, broker and center.db here")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="run slice I of N (docs/fleet.md)")
     p.add_argument(
-        "--broker", type=_host_port, help="a shared broker (with --shard; its center runs apart)"
+        "--broker", type=host_port, help="a shared broker (with --shard; its center runs apart)"
     )
     p.add_argument(
         "--nmea-every",

@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from agent.fix import Fix
 from agent.gnss.nmea import NmeaParser, NmeaStats
 from agent.gnss.report import fix_json, iso_time
 from agent.gnss.sources import GnssSource, SourceError, SourceStatus, parse_source_url
+from contract.fix import Fix
+from picket.errors import CliInputError
 
 
-class GpsInputError(Exception):
+class GpsInputError(CliInputError):
     """Bad input for a gps command (exit code 2)."""
 
 

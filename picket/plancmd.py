@@ -2,7 +2,7 @@
 
 A technician draws a plan in a GIS tool and runs this before sending it out; a device
 that loads a bad plan refuses it, so the time to find out is here. All the checking is
-`agent.planfile.check_file`; this module only prints: one problem per line (prefixed with
+`agent.checkin.planfile.check_file`; this module only prints: one problem per line (prefixed with
 the file, as compilers do, so editors can jump to it), warnings marked, then a summary.
 `--json` prints one object instead. Exit 0 when the plan is usable (warnings allowed),
 2 when it has problems or cannot be read (bad input, as everywhere in `picket`).
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from agent.planfile import PlanReport, check_file
+from agent.checkin.planfile import PlanReport, check_file
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2  # as in picket.cli
 

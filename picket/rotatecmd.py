@@ -1,6 +1,6 @@
 """`picket provision rotate`: a new record key and TLS certificate, by a signed command.
 
-The work is provisioning/rotate.py (certificate for the device's pre-committed key,
+The work is center/rotation.py (certificate for the device's pre-committed key,
 registry, numbered command) and center/commands.py (publishing); this module parses,
 publishes with the center's TLS identity and prints. A device that has not answered its
 last rotation is told so, with what to do (publish again, or `--resend` when it expired).
@@ -15,18 +15,18 @@ import sys
 import time
 from pathlib import Path
 
-from agent.errors import LocalError
-from center.commands import CenterDbError, DispatchError, publish
-from picket.argtypes import center_tls, positive_int, tls_dir
-from picket.commandcmd import _host_port
-from provisioning.fleet import Fleet
-from provisioning.registry import RegistryError
-from provisioning.rotate import (
+from center.commands import publish
+from center.errors import CenterDbError, DispatchError
+from center.rotation import (
     DEFAULT_TTL_S,
     collect_commitments,
     prepare_rotation,
     resend_rotation,
 )
+from contract.errors import LocalError
+from picket.argtypes import center_tls, host_port, positive_int, tls_dir
+from provisioning.fleet import Fleet
+from provisioning.registry import RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -40,7 +40,7 @@ def add_parser(prov: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--fleet", type=Path, required=True, help="fleet folder (provision init)")
     p.add_argument("--id", required=True, help="device id")
     p.add_argument("--db", type=Path, required=True, help="center SQLite database")
-    p.add_argument("--broker", type=_host_port, default=("127.0.0.1", 8883), help="HOST:PORT")
+    p.add_argument("--broker", type=host_port, default=("127.0.0.1", 8883), help="HOST:PORT")
     p.add_argument(
         "--tls", type=tls_dir, metavar="DIR", help="TLS with the center's certificate in DIR"
     )

@@ -17,8 +17,8 @@ import os
 import pwd
 from pathlib import Path
 
-from agent.enroll import write_private, write_public
-from agent.protocol import PREFIX
+from contract.keyfiles import write_private, write_public
+from contract.protocol import PREFIX
 from provisioning import ca
 from provisioning.fleet import CENTER_CN, GATEWAY_CN, Fleet
 from provisioning.registry import ProvisioningError

@@ -45,7 +45,8 @@ BACKDATE = dt.timedelta(minutes=10)  # tolerate a broker clock a little behind
 
 
 class CaError(ProvisioningError):
-    pass
+    """A certificate the fleet's CA will not issue (a request's signature or key type, a
+    lifetime, no host name) or does not accept (not its own, expired)."""
 
 
 def _utc(ms: int) -> dt.datetime:

@@ -17,8 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.enroll import write_private
-from agent.keyperms import too_open
+from contract.keyfiles import too_open, write_private
 from provisioning.registry import ProvisioningError
 
 __all__ = ["center_key_path", "center_public_path", "create_center_key", "load_center_key"]

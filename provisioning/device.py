@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.enroll import SIGNING, enroll, install
+from agent.identity.enroll import SIGNING, enroll, install
 from provisioning.fleet import Fleet
 from provisioning.registry import ProvisioningError, RegistryError
 

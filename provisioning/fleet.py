@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from agent.enroll import write_private, write_public
-from agent.enrollment import Bundle, decode_request, encode_bundle, fleet_fingerprint
-from agent.errors import RemoteError
-from agent.keyperms import too_open
-from agent.protocol import DEVICE_ID
+from contract.enrollment import Bundle, decode_request, encode_bundle, fleet_fingerprint
+from contract.errors import RemoteError
+from contract.keyfiles import too_open, write_private, write_public
+from contract.protocol import DEVICE_ID
+from contract.tls import BrokerTls
 from provisioning import ca
 from provisioning.center import center_key_path, create_center_key, load_center_key
 from provisioning.registry import ProvisioningError, Registry, fingerprint
@@ -255,3 +256,9 @@ class Fleet:
             if Path(folder).is_dir():
                 write_public(Path(folder) / "crl.pem", crl)
         return self.crl_path
+
+
+def service_tls(folder: Path, stem: str = "center") -> ssl.SSLContext:
+    """The client TLS context of a service identity that `Fleet.issue_service` wrote into
+    `folder` (STEM.crt, STEM.key, ca.crt): the center's, or a LoRa gateway's."""
+    return BrokerTls(folder / "ca.crt", folder / f"{stem}.crt", folder / f"{stem}.key").context()

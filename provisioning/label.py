@@ -23,7 +23,8 @@ from xml.sax.saxutils import escape
 
 import segno
 
-from agent.protocol import DEVICE_ID
+from contract.protocol import DEVICE_ID
+from provisioning.errors import ProvisioningBaseError
 
 PREFIX = "picket:1:"
 FINGERPRINT = re.compile(r"[A-Za-z0-9:+/=_-]{1,100}")
@@ -40,7 +41,7 @@ GLYPH_WIDTH_EM = 0.62
 LINE_HEIGHT_EM = 1.25
 
 
-class LabelError(ValueError):
+class LabelError(ProvisioningBaseError, ValueError):
     """A device id, fingerprint, file name or label text that a label cannot hold."""
 
 
@@ -58,7 +59,7 @@ def label_text(device: str, fingerprint: str) -> str:
     """The text the QR code holds: 'picket:1:' + device + ':' + fingerprint.
 
     `picket` names the format and `1` its version. The device id matches
-    `agent.protocol.DEVICE_ID` and so never contains ':'; the fingerprint is opaque text of
+    `contract.protocol.DEVICE_ID` and so never contains ':'; the fingerprint is opaque text of
     1-100 characters from A-Z a-z 0-9 : + / = _ - (it may contain ':', as in "SHA256:...").
     Raises `LabelError` for either part out of those bounds.
     """

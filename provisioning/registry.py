@@ -22,6 +22,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from provisioning.errors import ProvisioningBaseError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
@@ -57,8 +59,9 @@ DEVICE_COLUMNS = {
 }
 
 
-class RegistryError(Exception):
-    pass
+class RegistryError(ProvisioningBaseError):
+    """The registry cannot be opened or does not allow the change; also the base of
+    `ProvisioningError`, which callers catch as one."""
 
 
 class ProvisioningError(RegistryError):

@@ -33,9 +33,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig, load_config, read_center_key
-from agent.enroll import BUNDLE, CA, CENTER, CERT, CONFIG, SIGNING, TLS_KEY, load_private
-from agent.enrollment import Bundle, decode_bundle
-from agent.errors import AgentError
+from agent.identity.enroll import BUNDLE, CA, CENTER, CERT, CONFIG, SIGNING, TLS_KEY, load_private
+from contract.enrollment import Bundle, decode_bundle
+from contract.errors import PicketError
 from provisioning.ca import check_chain
 from provisioning.fleet import Fleet
 from provisioning.registry import RegistryError, fingerprint
@@ -168,7 +168,7 @@ def verify_bundle(fleet: Fleet, raw: bytes, now_ms: int, *, where: str = "bundle
     """Check a bundle file's bytes against `fleet`; `where` names the file in the details."""
     try:
         b = decode_bundle(raw)
-    except AgentError as exc:
+    except PicketError as exc:
         return [Check("bundle signature", False, f"{where}: {exc}")]
     checks = [
         Check("bundle signature", True, f"{where} is a bundle for {b.device}, signature valid"),
@@ -218,7 +218,7 @@ def _config(folder: Path) -> tuple[Check, AgentConfig | None]:
         ), None
     try:
         cfg = load_config(path)
-    except AgentError as exc:
+    except PicketError as exc:
         return Check("config", False, str(exc)), None
     where = f"{cfg.broker_host}:{cfg.broker_port}"
     tls = "TLS" if cfg.tls is not None else "no TLS"
@@ -228,7 +228,7 @@ def _config(folder: Path) -> tuple[Check, AgentConfig | None]:
 def _installed_bundle(folder: Path) -> Bundle | None:
     try:
         return decode_bundle((folder / BUNDLE).read_bytes())
-    except (OSError, AgentError):
+    except (OSError, PicketError):
         return None
 
 
@@ -253,7 +253,7 @@ def _load_cert(path: Path) -> tuple[Check | None, x509.Certificate | None]:
 def _signing_key(fleet: Fleet, path: Path, device: str) -> list[Check]:
     try:
         key = load_private(path)
-    except AgentError as exc:
+    except PicketError as exc:
         return [Check("record key", False, str(exc))]
     if not isinstance(key, Ed25519PrivateKey):
         return [Check("record key", False, f"{path} is not an Ed25519 private key")]
@@ -263,7 +263,7 @@ def _signing_key(fleet: Fleet, path: Path, device: str) -> list[Check]:
 def _tls_key(path: Path, cert_path: Path, cert: x509.Certificate | None) -> Check:
     try:
         key = load_private(path)
-    except AgentError as exc:
+    except PicketError as exc:
         return Check("TLS key", False, str(exc))
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         return Check("TLS key", False, f"{path} is not an EC private key")
@@ -292,7 +292,7 @@ def _ca_file(fleet: Fleet, path: Path) -> Check:
 def _center_file(fleet: Fleet, path: Path) -> Check:
     try:
         public = read_center_key(path).public_bytes_raw()
-    except AgentError as exc:
+    except PicketError as exc:
         return Check("fleet key", False, str(exc))
     if public != fleet.center_public:
         return Check(
@@ -310,7 +310,7 @@ def _bundle_file(fleet: Fleet, folder: Path, device: str, cert: x509.Certificate
         b = decode_bundle(path.read_bytes())
     except FileNotFoundError:
         return Check("installed bundle", True, f"no {path} (not needed to run)")
-    except (OSError, AgentError) as exc:
+    except (OSError, PicketError) as exc:
         return Check("installed bundle", False, f"{path}: {exc}")
     if b.center_key != fleet.center_public:
         return Check("installed bundle", False, _fleet_key(fleet, b, str(path)).detail)

@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 
 from provisioning.brokerconf import global_lines, tls_lines
+from simulators.simerror import SimulatorError
 
 CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
-class BrokerError(Exception):
-    pass
+class BrokerError(SimulatorError):
+    """Mosquitto is not installed, or did not start listening."""
 
 
 def find_mosquitto() -> str:

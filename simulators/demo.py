@@ -29,17 +29,16 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from agent.checkin.device import DeviceAgent
+from agent.checkin.plan import Plan
 from agent.config import AgentConfig, load_config
-from agent.device import DeviceAgent
 from agent.health import store_agent_health
-from agent.outbox import Outbox
-from agent.plan import Plan
-from agent.protocol import MAX_BATCH
-from agent.records import RecordType
-from agent.sync import SyncCore
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions
+from agent.store.outbox import Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
+from agent.uplink.sync import SyncCore
 from center.audit import audit
-from picket.progress import Progress
+from contract.protocol import MAX_BATCH
+from contract.records import RecordType
 from provisioning.brokerconf import write_broker_config
 from provisioning.device import provision_device, registry_path
 from provisioning.fleet import Fleet
@@ -52,7 +51,9 @@ from simulators.faults import (
     plan_faults,
     run_faults,
 )
+from simulators.progress import ProgressSink
 from simulators.proxy import LinkProxy
+from simulators.simerror import SimulatorError
 from simulators.walker import Walker
 from simulators.workdir import run_folder
 
@@ -69,8 +70,8 @@ UPLINK = UplinkOptions(
 ACK_TIMEOUT_MS = 5_000
 
 
-class DemoError(Exception):
-    pass
+class DemoError(SimulatorError):
+    """The demo cannot run: bad options, a used folder, or the center did not start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +289,7 @@ def _summary_line(t_ms: int, fleet: _Fleet, phase: str) -> str:
     return f"{phase}: minute {minute:5.1f} · check-ins {made} · queued on devices {queued}"
 
 
-async def _simulate(fleet: _Fleet, progress: Progress) -> int:
+async def _simulate(fleet: _Fleet, progress: ProgressSink) -> int:
     t = SHIFT_START_MS
     health_every = HEALTH_INTERVAL_S * 1000
     while True:
@@ -312,7 +313,7 @@ async def _simulate(fleet: _Fleet, progress: Progress) -> int:
     return t
 
 
-async def _drain(fleet: _Fleet, t: int, progress: Progress) -> bool:
+async def _drain(fleet: _Fleet, t: int, progress: ProgressSink) -> bool:
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         if all(d.alive and d.agent.outbox.depth() == 0 for d in fleet.devices):
@@ -331,7 +332,7 @@ async def _start_proxies(
     return proxies
 
 
-async def run_demo(opts: DemoOptions, progress: Progress) -> dict[str, object]:
+async def run_demo(opts: DemoOptions, progress: ProgressSink) -> dict[str, object]:
     if opts.devices < 1 or opts.minutes <= 0:
         raise DemoError("--devices must be at least 1 and --minutes above 0")
     wall0 = time.monotonic()

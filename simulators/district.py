@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import random
 
-from agent.geo import offset, to_local
-from agent.plan import Line, Plan, Point
+from agent.checkin.geo import offset, to_local
+from agent.checkin.plan import Line, Plan, Point
 
 HALF_SIDE_M = 1250.0  # the district is a 2.5 km x 2.5 km square around the centre
 MIN_SPACING_M = 150.5  # 150 m plus a margin for local-frame vs. great-circle distance

@@ -1,6 +1,6 @@
 """The files of a generated district: what `picket sim district` writes (docs/district.md).
 
-plan.geojson is agent/planfile.py's `plan_to_geojson` of the plan, so the agent and
+plan.geojson is agent/checkin/planfile.py's `plan_to_geojson` of the plan, so the agent and
 `picket plan check` read it as any other plan; to it are added only properties the plan
 reader ignores but GIS tools show (a zone's `category`, a point's `placement`, a line's
 `shift`, `team`, `length_m` and its street route as the LineString). The drone flights are
@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from agent.planfile import offset_text, plan_to_geojson
+from agent.checkin.planfile import offset_text, plan_to_geojson
 from simulators.bigdistrict import (
     NAME,
     PATROL_TIERS,

@@ -20,7 +20,7 @@ from xml.sax.saxutils import escape
 
 from PIL import Image, ImageDraw, ImageFont
 
-from agent.plan import Tier
+from agent.checkin.plan import Tier
 from simulators.bigdistrict import NAME, District
 from simulators.districtzones import NX, NY, ZoneKind
 from simulators.streetnet import CELL_M, XY, RoadClass

@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.geo import offset
+from agent.checkin.geo import offset
 from simulators.streetnet import ARTERIAL_EVERY, CELL_M, XY, StreetNet
 
 CENTER = (29.265, 106.255)  # Shuangfu street, Chongqing (as simulators/district.py)

@@ -4,7 +4,7 @@ Everything on the path of a dock's records and commands is the real part: a flee
 and keys, a TLS Mosquitto with the configuration `picket provision broker-config` writes, the
 center (in this process) verifying and storing, the dock provisioned like any device, its
 outbox and uplink, the command executor, and the drone's telemetry as MAVLink 2 datagrams
-over a real UDP socket, decoded by agent/mavlink.py. Only the sky is simulated: the drone
+over a real UDP socket, decoded by agent/dock/mavlink.py. Only the sky is simulated: the drone
 (simulators/drone.py), the wind, and the operator at the center who sends FLY_LINE commands.
 
 **Lockstep.** Virtual time moves in 1 s steps, as fast as the machine allows, but never ahead
@@ -16,24 +16,23 @@ in real time meanwhile, and the run ends by waiting for the outbox to drain.
 
 **The work.** The district's aerial plan (simulators/bigdistrict.py) gives the dock its line
 (dock k flies line k) and the dock's points; `sortie_plan` adds one short line per point
-("sorties": AL01.1 is AL01's first point alone), because the simulated drone is never
-recharged on the pad (SimDrone has no charger): after the long line only short flights fit
-the battery. Every `every_s` the operator sends a FLY_LINE for a line drawn from the seed,
-with a priority; the dock flies it, or refuses it with a reason (busy, battery, wind). The
-wind is a seeded random walk, read by the dock once a minute.
+("sorties": AL01.1 is AL01's first point alone), because the pad recharges the drone
+slowly (CHARGER_W: about 40 minutes for an empty pack): after the long line only short
+flights fit the battery. Every `every_s` the operator sends a FLY_LINE for a line drawn
+from the seed, with a priority; the dock flies it, or refuses it with a reason (busy,
+battery, wind). The wind is a seeded random walk, read by the dock once a minute.
 
 **Ground truth** is the drone's own track (`SimDrone.track`, without GNSS error): a point's
 check-in is expected for every stay inside its radius and altitude band lasting its dwell.
-The report compares that with the check-ins verified at the center that name the drone.
+The report compares that with the check-ins verified at the center that name the drone;
+how it judges is simulators/dockreport.py's, which reads no clock and drives no peer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
-import sqlite3
 import ssl
 import time
 from collections import Counter
@@ -41,33 +40,41 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from agent.commands import CommandType, CommandVerifier, FlyLine, Priority
+from agent.checkin.plan import Line, Plan
 from agent.config import load_config
-from agent.dock import Dock, DockConfig, MissionOutcome
-from agent.dockexec import DockAgent, DockExecutor
-from agent.errors import RecordError
-from agent.fix import TimeSource
-from agent.geo import distance_m
-from agent.mavlink import MavlinkSource
-from agent.outbox import Outbox
-from agent.plan import Line, Plan
-from agent.protocol import MAX_BATCH
-from agent.records import CheckinKey, Outcome, RecordType, open_record
-from agent.sync import SyncCore
-from agent.timekeeper import Stamp
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions, UplinkTls
+from agent.dock.executor import DockAgent, DockExecutor
+from agent.dock.machine import Dock
+from agent.dock.mavsource import MavlinkSource
+from agent.dock.outputs import MissionOutcome
+from agent.dock.planning import DockConfig
+from agent.gnss.timekeeper import Stamp
+from agent.store.outbox import Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
+from agent.uplink.sync import SyncCore
 from center.audit import audit
 from center.commands import CommandSigner, DispatchError, Receipt, publish, receipts
 from center.service import CenterService
-from picket.progress import Progress
+from contract.commands import CommandType, CommandVerifier, FlyLine, Priority
+from contract.fix import TimeSource
+from contract.protocol import MAX_BATCH
+from contract.tls import BrokerTls
 from provisioning.brokerconf import write_broker_config
 from provisioning.device import provision_device, registry_path
 from provisioning.fleet import Fleet
-from provisioning.registry import Registry
 from simulators.bigdistrict import District, generate
 from simulators.bigdistrict import Dock as DockSite
 from simulators.broker import Mosquitto
-from simulators.drone import SimDrone, TruthSample
+from simulators.dockreport import (
+    Stay,
+    aerial_checkins,
+    expected_checkins,
+    match_checkins,
+    record_types,
+    refusals_by_kind,
+)
+from simulators.drone import SimDrone
+from simulators.progress import ProgressSink
+from simulators.simerror import SimulatorError
 from simulators.workdir import run_folder
 
 __all__ = [
@@ -75,7 +82,6 @@ __all__ = [
     "DockSimOptions",
     "DockSimOptionsError",
     "Infra",
-    "expected_checkins",
     "run_dock_sim",
     "sortie_plan",
 ]
@@ -96,7 +102,7 @@ UPLINK = UplinkOptions(
 PRIORITY_WEIGHTS = {Priority.ROUTINE: 6, Priority.CROWD: 3, Priority.FIRE: 1}
 
 
-class DockSimError(Exception):
+class DockSimError(SimulatorError):
     """The run could not be carried out (a peer did not start or answer)."""
 
 
@@ -112,15 +118,6 @@ class DockSimOptions:
     every_s: int = 240  # the operator sends a FLY_LINE this often (virtual seconds)
     wind_limit_mps: float = 10.0
     workdir: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Stay:
-    """Ground truth: the drone inside a point's radius and band, from `start_ms` to `end_ms`."""
-
-    point: str
-    start_ms: int
-    end_ms: int
 
 
 @dataclass(slots=True)
@@ -204,31 +201,6 @@ def _with_sorties(plan: Plan) -> Plan:
     return replace(plan, lines=plan.lines + extra)
 
 
-def expected_checkins(track: list[TruthSample], plan: Plan, points: list[str]) -> list[Stay]:
-    """Stays inside radius and band that last a point's dwell, from the drone's true track."""
-    stays: list[Stay] = []
-    for pid in points:
-        p = plan.point(pid)
-        low = -math.inf if p.alt_min_m is None else p.alt_min_m
-        high = math.inf if p.alt_max_m is None else p.alt_max_m
-        first: int | None = None
-        last = 0
-        for s in [*track, None]:
-            inside = (
-                s is not None
-                and low <= s.alt_m <= high
-                and distance_m(s.lat, s.lon, p.lat, p.lon) <= p.radius_m
-            )
-            if inside and s is not None:
-                first = s.time_ms if first is None else first
-                last = s.time_ms
-            elif first is not None:
-                if last - first >= p.dwell_s * 1000:
-                    stays.append(Stay(pid, first, last))
-                first = None
-    return sorted(stays, key=lambda x: x.start_ms)
-
-
 def _wind(rng: random.Random) -> Iterator[float]:
     """A gusty random walk, one reading a minute (as many as are read)."""
     w = rng.uniform(3.0, 7.0)
@@ -292,7 +264,7 @@ class _Sim:
         write_broker_config(trust, work / "broker-tls", broker.port, real_ms)
         trust.issue_center(work / "center-tls", real_ms)
         tls = work / "center-tls"
-        center_tls = UplinkTls(tls / "ca.crt", tls / "center.crt", tls / "center.key").context()
+        center_tls = BrokerTls(tls / "ca.crt", tls / "center.crt", tls / "center.key").context()
         db = work / "center.db"
         registry = registry_path(work / "fleet")
         center = CenterService(db, registry, broker.host, broker.port, tls=center_tls)
@@ -349,7 +321,7 @@ class _Sim:
             source=source,
         )
 
-    async def main(self, progress: Progress) -> dict[str, object]:
+    async def main(self, progress: ProgressSink) -> dict[str, object]:
         wall0 = time.monotonic()
         real_ms = int(time.time() * 1000)  # certificates are checked against the real clock
         with contextlib.ExitStack() as stack:
@@ -382,7 +354,7 @@ class _Sim:
                 wall_s=time.monotonic() - wall0,
             )
 
-    async def _fly(self, progress: Progress, parts: _Parts) -> tuple[list[Stay], int]:
+    async def _fly(self, progress: ProgressSink, parts: _Parts) -> tuple[list[Stay], int]:
         """The drone on the dock's UDP port, the executor, and the simulated time."""
         source = parts.source
         if not await _wait(lambda: source.address is not None, 10):
@@ -427,7 +399,7 @@ class _Sim:
                 self.executor.on_telemetry(t)
 
     async def _simulate(
-        self, progress: Progress, parts: _Parts, drone: SimDrone, center: _CenterLink
+        self, progress: ProgressSink, parts: _Parts, drone: SimDrone, center: _CenterLink
     ) -> None:
         dock = parts.dock
         end = self.start_ms + int(self.opts.minutes * 60_000)
@@ -495,8 +467,8 @@ class _Sim:
         assert executor is not None
         created = {self.device: parts.agent.outbox.last_seq}
         found = audit(db, registry)
-        recorded = _aerial_checkins(db, registry, self.drone_id)
-        matched = _match(truth, recorded)
+        recorded = aerial_checkins(db, registry, self.drone_id)
+        matched = match_checkins(truth, recorded, slack_ms=STEP_MS)
         answers = self.answers(db)
         sent = {number: (line, priority) for number, line, priority in self.run.sent}
         refusals = self.refusals(answers)
@@ -547,7 +519,7 @@ class _Sim:
             "records_lost": found.lost(created),
             "records_duplicated": found.duplicated,
             "records_refused": found.refused,
-            "records_by_type": _types(db),
+            "records_by_type": record_types(db),
             "datagrams": self.run.datagrams,
             "late_datagrams": self.run.late_datagrams,
             "drone_battery_pct": drone_battery,
@@ -564,70 +536,10 @@ class _Sim:
 
     @staticmethod
     def refusals(answers: Sequence[Receipt]) -> Counter[str]:
-        return Counter(
-            _reason_kind(r.reason or "") for r in answers if r.outcome is Outcome.REFUSED
-        )
+        return refusals_by_kind(answers)
 
 
-def _reason_kind(reason: str) -> str:
-    """A refusal's reason without its figures: how the report groups them."""
-    for word in ("battery", "wind", "drone not ready", "line", "point"):
-        if reason.startswith(word):
-            return word
-    return reason
-
-
-def _aerial_checkins(db: Path, registry: Path, drone: str) -> list[tuple[str, int]]:
-    """(point, arrival) of the check-ins at the center that verify and name `drone`."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    reg = Registry(registry, readonly=True)
-    try:
-        out = []
-        rows = con.execute(
-            "SELECT device, raw FROM records WHERE type = ? ORDER BY device, seq",
-            (int(RecordType.CHECKIN),),
-        ).fetchall()
-        for device, raw in rows:
-            key = reg.public_key(device)
-            if key is None:
-                continue
-            try:
-                rec = open_record(raw, key)
-            except RecordError:
-                continue
-            point = rec.body.get(CheckinKey.POINT)
-            if rec.body.get(CheckinKey.DRONE) == drone and isinstance(point, str):
-                out.append((point, rec.header.time_ms))
-        return out
-    finally:
-        con.close()
-        reg.close()
-
-
-def _match(truth: list[Stay], recorded: list[tuple[str, int]]) -> int:
-    """Recorded check-ins whose arrival falls in an expected stay at that point (each once)."""
-    left = list(truth)
-    matched = 0
-    for point, arrival in recorded:
-        for s in left:
-            if s.point == point and s.start_ms - STEP_MS <= arrival <= s.end_ms:
-                left.remove(s)
-                matched += 1
-                break
-    return matched
-
-
-def _types(db: Path) -> dict[str, int]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = con.execute("SELECT type, count(*) FROM records GROUP BY type").fetchall()
-    finally:
-        con.close()
-    names = {int(t): t.name.lower() for t in RecordType}
-    return {names.get(int(t), str(t)): int(n) for t, n in sorted(rows)}
-
-
-async def run_dock_sim(opts: DockSimOptions, progress: Progress) -> dict[str, object]:
+async def run_dock_sim(opts: DockSimOptions, progress: ProgressSink) -> dict[str, object]:
     if opts.minutes <= 0 or opts.every_s <= 0:
         raise DockSimOptionsError("--minutes and --every must be above 0")
     district = generate(opts.seed)

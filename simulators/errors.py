@@ -33,8 +33,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.fix import Fix, FixMode
-from agent.geo import offset
+from agent.checkin.geo import offset
+from contract.fix import Fix, FixMode
 
 OPEN_SIGMA_M = (2.0, 3.0)
 URBAN_SIGMA_M = (8.0, 15.0)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from simulators.proxy import LinkProxy
+from simulators.simerror import SimulatorError
 
 
 class FaultKind(enum.StrEnum):
@@ -42,7 +43,7 @@ ROUTED = frozenset({FaultKind.LINK_FLAP, FaultKind.HALF_OPEN})  # need the devic
 HALF_OPEN_WAIT_S = 10.0  # a device not connected when half-open strikes: wait for it this long
 
 
-class FaultError(ValueError):
+class FaultError(SimulatorError, ValueError):
     """--faults names something that is not a fault kind."""
 
 

@@ -23,32 +23,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from agent.dockexec import DockExecutor
-from agent.mavlink import MavlinkSource
-from agent.plan import Plan
-from agent.planfile import load_plan
+from agent.checkin.plan import Plan
+from agent.checkin.planfile import load_plan
+from agent.dock.executor import DockExecutor
+from agent.dock.mavsource import MavlinkSource
 from center.commands import CommandSigner
-from picket.argtypes import center_tls
 from provisioning.device import registry_path
-from provisioning.fleet import Fleet
+from provisioning.fleet import Fleet, service_tls
 from simulators.bigdistrict import Dock as DockSite
 from simulators.districtfiles import AERIAL_FILE, STREETS_FILE
+from simulators.dockreport import Stay, aerial_checkins
 from simulators.docksim import (
     AFTER_S,
     STEP_MS,
     DockSimError,
     DockSimOptions,
     Infra,
-    Stay,
-    _aerial_checkins,
     _CenterLink,
     _Parts,
     _Sim,
     _wait,
 )
 from simulators.drone import SimDrone
+from simulators.fleetwire import DeviceFinal
 
 __all__ = ["FleetDocks", "load_docks"]
 
@@ -119,7 +117,7 @@ class FleetDocks:
         After the center started: the signer numbers commands in its center.db."""
         if not self.sims:
             return
-        tls = center_tls(self.workdir / "center-tls")
+        tls = service_tls(self.workdir / "center-tls", "center")
         assert tls is not None
         db = self.workdir / "center.db"
         infra = Infra(trust, host, port, tls, db, registry_path(self.workdir / "fleet"))
@@ -164,7 +162,7 @@ class FleetDocks:
     def queued(self) -> int:
         return sum(f.parts.agent.outbox.depth() for f in self._flying)
 
-    async def stop(self) -> list[dict[str, Any]]:
+    async def stop(self) -> list[DeviceFinal]:
         """Stop the uplinks and drones; the docks as device entries for the runner's finals."""
         if self._stopped:
             return []
@@ -179,30 +177,30 @@ class FleetDocks:
                 await asyncio.wait_for(f.tasks[0], 20)
                 await f.tasks[1]
             entries.append(
-                {
-                    "id": sim.device,
-                    "tier": "dock",
-                    "last_seq": f.parts.agent.outbox.last_seq,
-                    "checkins": 0,
-                    "missed": 0,
-                    "suspicions": 0,
-                    "visits": [],
-                    "line": "",
-                    "nmea_errors": 0,
-                    "nmea": False,
-                }
+                DeviceFinal(
+                    id=sim.device,
+                    tier="dock",
+                    last_seq=f.parts.agent.outbox.last_seq,
+                    checkins=0,
+                    missed=0,
+                    suspicions=0,
+                    visits=(),
+                    line="",
+                    nmea=False,
+                    nmea_errors=0,
+                )
             )
         self._stack.close()
         return entries
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> dict[str, int]:
         """The docks' figures, from center.db (read after the center stopped)."""
         db, registry = self.workdir / "center.db", registry_path(self.workdir / "fleet")
         expected = recorded = flown = refused = sent = unsent = unanswered = 0
         for f in self._flying:
             sim = f.sim
             expected += len(self._truth.get(sim.device, []))
-            recorded += len(_aerial_checkins(db, registry, sim.drone_id))
+            recorded += len(aerial_checkins(db, registry, sim.drone_id))
             assert sim.executor is not None
             flown += sum(1 for m in sim.executor.missions if m.flight_s > 0)
             refused += sum(sim.refusals(sim.answers(db)).values())

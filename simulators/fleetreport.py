@@ -4,6 +4,9 @@ Everything is computed from what the run left behind — the workers' accounts o
 device created and when (wall clock), and the center's database, read back and audited —
 never from what the runner intended. The HTML page is self-contained (inline SVG and CSS,
 the district map embedded), so it opens offline and can be attached to a CI run.
+
+It reads the workers' typed finals (simulators/fleetwire.py) and plain figures of the run,
+never the runner's options, so it imports nothing of simulators/fleetrun.py, which calls it.
 """
 
 from __future__ import annotations
@@ -16,16 +19,14 @@ import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
 
-from agent.plan import Plan
-from agent.records import CheckinKey, RecordType
+from agent.checkin.plan import Plan
 from center.audit import Audit
-
-if TYPE_CHECKING:
-    from simulators.fleetrun import FleetOptions
+from contract.records import CheckinKey, RecordType
+from simulators.fleetwire import DeviceFinal, Final
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -56,9 +57,11 @@ def _received(center_db: Path) -> tuple[dict[tuple[str, int], int], dict[str, se
 
 def build_report(
     *,
-    opts: FleetOptions,
+    hours: float,
+    seed: int,
+    shard: tuple[int, int],
     plan: Plan,
-    finals: Sequence[Mapping[str, Any]],
+    finals: Sequence[Final],
     found: Audit | None,
     center_db: Path | None,
     center_stats: Mapping[str, Any],
@@ -69,18 +72,20 @@ def build_report(
     shift_s: float,
     workers: int,
     simulated_s: float,
-    docks: Mapping[str, Any] | None = None,
+    docks: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
+    """The report of a run of `hours` (`shard`: this one's (i, n)); `center_stats` is what
+    the center printed when it stopped, `docks` the docks' own figures (fleetdocks.py)."""
     # the audit counts every device's records; the walkers' figures leave the docks out
-    created = {d["id"]: int(d["last_seq"]) for f in finals for d in f["devices"]}
-    devices = [d for f in finals for d in f["devices"] if d["tier"] != "dock"]
+    created = {d.id: d.last_seq for f in finals for d in f.devices}
+    devices = [d for f in finals for d in f.devices if d.tier != "dock"]
     # a shard's center runs elsewhere: what it received is audited there
     received, points_by_device = _received(center_db) if center_db else ({}, {})
     latencies: list[float] = []
     for f in finals:
-        if "latency_file" not in f:
+        if f.latency_file is None:
             continue  # the docks' entry (simulators/fleetdocks.py)
-        for device, seq, made_ms in json.loads(Path(f["latency_file"]).read_text()):
+        for device, seq, made_ms in json.loads(Path(f.latency_file).read_text()):
             at = received.get((device, seq))
             if at is not None:
                 latencies.append(max(0, at - made_ms) / 1000)
@@ -88,29 +93,29 @@ def build_report(
     expected_by_tier: Counter[str] = Counter()
     recorded_by_tier: Counter[str] = Counter()
     for d in devices:
-        expected_by_tier[d["tier"]] += len(d["visits"])
-        recorded_by_tier[d["tier"]] += d["checkins"]
+        expected_by_tier[d.tier] += len(d.visits)
+        recorded_by_tier[d.tier] += d.checkins
     sim_s = simulated_s  # the shift, and the overtime members took to finish their point
-    cpu_s = sum(float(f.get("cpu_s", 0)) for f in finals)
+    cpu_s = sum(f.cpu_s for f in finals)
     device_hours = len(devices) * sim_s / 3600
     report: dict[str, Any] = {
         "devices": len(devices),
-        "hours": opts.hours,
-        "seed": opts.seed,
+        "hours": hours,
+        "seed": seed,
         "workers": workers,
-        "shard": f"{opts.shard[0]}/{opts.shard[1]}",
+        "shard": f"{shard[0]}/{shard[1]}",
         "points": len(plan.points),
         "lines": len(plan.lines),
         "zones": len(plan.zones),
-        "members_by_tier": dict(sorted(Counter(d["tier"] for d in devices).items())),
+        "members_by_tier": dict(sorted(Counter(d.tier for d in devices).items())),
         "checkins_expected": sum(expected_by_tier.values()),
         "checkins_recorded": sum(recorded_by_tier.values()),
         "checkins_by_tier": dict(sorted(recorded_by_tier.items())),
         "missed_by_tier": {
             t: max(0, expected_by_tier[t] - recorded_by_tier[t]) for t in sorted(expected_by_tier)
         },
-        "missed_records": sum(d["missed"] for d in devices),
-        "suspicions": sum(d["suspicions"] for d in devices),
+        "missed_records": sum(d.missed for d in devices),
+        "suspicions": sum(d.suspicions for d in devices),
         "records_created": sum(created.values()),
         "records_delivered": found.delivered if found else None,
         "records_verified": found.verified if found else None,
@@ -118,8 +123,8 @@ def build_report(
         "records_duplicated": found.duplicated if found else None,
         "records_refused": found.refused if found else None,
         "duplicates_suppressed": int(center_stats.get("duplicates", 0)),
-        "nmea_errors": sum(d["nmea_errors"] for d in devices),
-        "devices_parsing_nmea": sum(1 for d in devices if d.get("nmea")),
+        "nmea_errors": sum(d.nmea_errors for d in devices),
+        "devices_parsing_nmea": sum(1 for d in devices if d.nmea),
         "drained": drained,
         "latency_p50_s": percentile(latencies, 50),
         "latency_p95_s": percentile(latencies, 95),
@@ -132,7 +137,7 @@ def build_report(
         "speedup": round(sim_s / wall_s, 1) if wall_s > 0 else None,
         "cpu_seconds_workers": round(cpu_s, 1),
         "cpu_ms_per_device_hour": round(1000 * cpu_s / device_hours, 1) if device_hours else None,
-        "peak_rss_mib_workers": round(sum(int(f.get("peak_rss_kib", 0)) for f in finals) / 1024),
+        "peak_rss_mib_workers": round(sum(f.peak_rss_kib for f in finals) / 1024),
         "faults_injected": dict(sorted(injected.items())),
         "docks": 0,
         "aerial_checkins_expected": 0,
@@ -147,14 +152,14 @@ def build_report(
 
 
 def _coverage(
-    plan: Plan, devices: Sequence[Mapping[str, Any]], points_by_device: Mapping[str, set[str]]
+    plan: Plan, devices: Sequence[DeviceFinal], points_by_device: Mapping[str, set[str]]
 ) -> list[dict[str, Any]]:
     """Per line: its points, and which of them some member of the line checked in at."""
     seen: dict[str, set[str]] = defaultdict(set)
     walkers: Counter[str] = Counter()
     for d in devices:
-        seen[d["line"]].update(points_by_device.get(d["id"], set()))
-        walkers[d["line"]] += 1
+        seen[d.line].update(points_by_device.get(d.id, set()))
+        walkers[d.line] += 1
     out = []
     for line in plan.lines:
         if not walkers[line.id]:
@@ -203,7 +208,7 @@ def _histogram_svg(values: Sequence[float], width: int = 640, height: int = 200)
 def write_html(
     report: Mapping[str, Any],
     plan: Plan,
-    finals: Sequence[Mapping[str, Any]],
+    finals: Sequence[Final],
     plan_dir: Path,
     out: Path,
 ) -> Path:

@@ -7,7 +7,9 @@ enrollment path and run the real agent code. The clock moves in steps: every wor
 its devices up to the step's end, then the parent applies the faults due and moves on, so
 a fault lands at the same virtual moment for all. After the shift the workers finish open
 visits, their outboxes drain, and the center's database is audited against what every
-device created (simulators/fleetreport.py turns all of it into the report).
+device created (simulators/fleetreport.py turns all of it into the report). What parent
+and workers say to each other is typed in simulators/fleetwire.py; the report knows
+nothing of this module, so the import runs one way: runner → report → wire.
 
 With `shard=(i, n)` only every n-th device from the i-th is run, against a broker and a
 center someone else started (`broker=` and the fleet folder they share): several machines
@@ -24,20 +26,49 @@ import resource
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from agent.geo import point_in_ring
-from agent.planfile import load_plan
+from agent.checkin.geo import point_in_ring
+from agent.checkin.planfile import load_plan
 from center.audit import audit
-from picket.progress import Progress
 from provisioning.brokerconf import write_broker_config
 from provisioning.fleet import Fleet
 from simulators.bigdistrict import members as district_members
 from simulators.broker import Mosquitto
 from simulators.fleetdocks import FleetDocks
+from simulators.fleetreport import build_report, write_html
+from simulators.fleetwire import (
+    Advance,
+    Answer,
+    AskPositions,
+    AskQueued,
+    At,
+    Backlog,
+    Command,
+    DeviceCommand,
+    Done,
+    Duplicate,
+    Failed,
+    Final,
+    Finish,
+    Gnss,
+    Kill,
+    Link,
+    MemberSpec,
+    Positions,
+    Ready,
+    Restart,
+    Spoof,
+    Stop,
+    WorkerSpec,
+    decode_answer,
+    encode,
+)
+from simulators.progress import ProgressSink
 from simulators.scenario import COLD_START_S, Fault, Scenario, load_scenario
+from simulators.simerror import SimulatorError
 from simulators.workdir import run_folder
 
 START_MS = 1_772_323_200_000  # 2026-03-01 00:00 UTC (08:00 in Chongqing): the shift begins
@@ -50,8 +81,11 @@ OVERTIME_MS = 20 * 60_000
 DRAIN_TIMEOUT_S = 300.0
 
 
-class FleetError(Exception):
-    pass
+class FleetError(SimulatorError):
+    """The run cannot go on: bad options, a used folder, or a worker or the center failed."""
+
+
+A = TypeVar("A", Ready, At, Done, Positions, Backlog, Final)  # what a command is answered with
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +110,22 @@ class _Proc:
     proc: asyncio.subprocess.Process
     devices: list[str]
 
-    async def ask(self, cmd: dict[str, Any], timeout_s: float = 3600) -> dict[str, Any]:
+    async def ask(self, cmd: Command, expect: type[A], timeout_s: float = 3600) -> A:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.write((encode(cmd) + "\n").encode())
         await self.proc.stdin.drain()
-        return await self.read(timeout_s)
+        return await self.read(expect, timeout_s)
 
-    async def read(self, timeout_s: float) -> dict[str, Any]:
+    async def read(self, expect: type[A], timeout_s: float) -> A:
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
         if not line:
             raise FleetError(f"worker {self.index} exited (code {await self.proc.wait()})")
-        answer: dict[str, Any] = json.loads(line)
-        if answer.get("op") == "error":
-            raise FleetError(f"worker {self.index}: {answer.get('error')}")
+        answer: Answer = decode_answer(line)
+        if isinstance(answer, Failed):
+            raise FleetError(f"worker {self.index}: {answer.error}")
+        if not isinstance(answer, expect):
+            raise FleetError(f"worker {self.index}: {expect.OP!r} expected, not {answer}")
         return answer
 
 
@@ -97,7 +133,7 @@ class _Proc:
 class _Run:
     opts: FleetOptions
     workdir: Path
-    members: list[dict[str, Any]]
+    members: list[MemberSpec]
     scenario: Scenario
     zones: dict[str, tuple[tuple[float, float], ...]]
     broker: Mosquitto | None = None
@@ -114,11 +150,12 @@ class _Run:
     def owner(self, device: str) -> list[_Proc]:
         return [w for w in self.workers if device in w.devices]
 
-    async def tell(self, op: str, devices: Sequence[str], **extra: object) -> None:
-        wanted = set(devices)
+    async def tell(self, cmd: DeviceCommand) -> None:
+        """`cmd` to the workers that run some of its devices, each naming only its own."""
+        wanted = set(cmd.devices)
         await asyncio.gather(
             *(
-                w.ask({"op": op, "devices": [d for d in w.devices if d in wanted], **extra})
+                w.ask(replace(cmd, devices=tuple(d for d in w.devices if d in wanted)), Done)
                 for w in self.workers
                 if wanted.intersection(w.devices)
             )
@@ -166,38 +203,36 @@ async def _stop_center(run: _Run, *, kill: bool = False) -> dict[str, Any]:
 
 
 async def _start_workers(run: _Run, count: int) -> None:
-    slices: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+    slices: list[list[MemberSpec]] = [[] for _ in range(count)]
     for i, m in enumerate(run.members):
         slices[i % count].append(m)
     end_ms = START_MS + int(run.opts.hours * 3_600_000)
     for i, chunk in enumerate(slices):
         if not chunk:
             continue
-        spec = {
-            "worker": i,
-            "workdir": str(run.workdir),
-            "plan": str(run.opts.plan_dir / "plan.geojson"),
-            "fleet": str(run.workdir / "fleet"),
-            "seed": run.opts.seed,
-            "start_ms": START_MS,
-            "end_ms": end_ms,
-            "broker_host": run.host,
-            "broker_port": run.port,
-            "devices": chunk,
-            "nmea_every": run.opts.nmea_every,
-        }
+        spec = WorkerSpec(
+            worker=i,
+            workdir=run.workdir,
+            plan=run.opts.plan_dir / "plan.geojson",
+            fleet=run.workdir / "fleet",
+            seed=run.opts.seed,
+            start_ms=START_MS,
+            end_ms=end_ms,
+            broker_host=run.host,
+            broker_port=run.port,
+            devices=tuple(chunk),
+            nmea_every=run.opts.nmea_every,
+        )
         path = run.workdir / f"worker-{i}.json"
-        path.write_text(json.dumps(spec), encoding="utf-8")
+        path.write_text(spec.to_json(), encoding="utf-8")
         with (run.workdir / f"worker-{i}.log").open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "simulators.fleetworker", str(path),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                 limit=1 << 26,
             )  # fmt: skip
-        run.workers.append(_Proc(i, proc, [m["id"] for m in chunk]))
-    ready = await asyncio.gather(*(w.read(900) for w in run.workers))
-    if any(r.get("op") != "ready" for r in ready):
-        raise FleetError(f"a worker did not start: {ready}")
+        run.workers.append(_Proc(i, proc, [m.id for m in chunk]))
+    await asyncio.gather(*(w.read(Ready, 900) for w in run.workers))
 
 
 async def _zone_faults(run: _Run, t_ms: int, faults: Sequence[Fault]) -> None:
@@ -210,10 +245,10 @@ async def _zone_faults(run: _Run, t_ms: int, faults: Sequence[Fault]) -> None:
         await _zone_apply(run, faults[i], sorted(run.active.pop(i)), on=False)
     if not zone_faults:
         return
-    answers = await asyncio.gather(*(w.ask({"op": "positions"}) for w in run.workers))
-    where: dict[str, list[float]] = {}
+    answers = await asyncio.gather(*(w.ask(AskPositions(), Positions) for w in run.workers))
+    where: dict[str, tuple[float, float]] = {}
     for a in answers:
-        where.update(a["positions"])
+        where.update(a.positions)
     for i, f in zone_faults:
         rings = [run.zones[z] for z in f.zones]
         inside = {
@@ -230,18 +265,19 @@ async def _zone_faults(run: _Run, t_ms: int, faults: Sequence[Fault]) -> None:
 async def _zone_apply(run: _Run, f: Fault, devices: list[str], *, on: bool) -> None:
     if not devices:
         return
+    ids = tuple(devices)
     if f.kind == "dead-spot":
-        await run.tell("link", devices, up=not on)
+        await run.tell(Link(ids, up=not on))
     elif f.kind == "gnss-outage":
-        await run.tell("gnss", devices, outage=on)
+        await run.tell(Gnss(ids, outage=on))
     elif f.kind == "urban-canyon":
-        await run.tell("gnss", devices, noise=f.noise if on else 1.0)
+        await run.tell(Gnss(ids, noise=f.noise if on else 1.0))
 
 
-Done = set[tuple[int, int]]  # (fault index, 0 begun / 1 ended)
+Steps = set[tuple[int, int]]  # (fault index, 0 begun / 1 ended)
 
 
-async def _timed_faults(run: _Run, t_ms: int, faults: Sequence[Fault], done: Done) -> None:
+async def _timed_faults(run: _Run, t_ms: int, faults: Sequence[Fault], done: Steps) -> None:
     """Start and end the faults that are not about zones, once each."""
     rel = t_ms - START_MS
     for i, f in enumerate(faults):
@@ -265,11 +301,11 @@ async def _begin(run: _Run, f: Fault) -> None:
     elif f.kind == "center-restart":
         await _stop_center(run, kill=True)
     elif f.kind == "power-cut":
-        await run.tell("kill", f.devices)
+        await run.tell(Kill(f.devices))
     elif f.kind == "spoof":
-        await run.tell("spoof", f.devices, north_m=f.offset_m, east_m=f.offset_m / 2)
+        await run.tell(Spoof(f.devices, north_m=f.offset_m, east_m=f.offset_m / 2))
     elif f.kind == "duplicates":
-        await run.tell("duplicate", f.devices)
+        await run.tell(Duplicate(f.devices))
 
 
 async def _end(run: _Run, f: Fault) -> None:
@@ -279,9 +315,9 @@ async def _end(run: _Run, f: Fault) -> None:
         await _start_center(run)
     elif f.kind == "power-cut":
         cold = COLD_START_S if f.clock_reset else 0
-        await run.tell("restart", f.devices, cold_s=cold)
+        await run.tell(Restart(f.devices, cold_s=cold))
     elif f.kind == "spoof":
-        await run.tell("spoof", f.devices, north_m=0.0, east_m=0.0)
+        await run.tell(Spoof(f.devices, north_m=0.0, east_m=0.0))
 
 
 def _next_stop(t: int, end: int, faults: Sequence[Fault], *, zones_active: bool) -> int:
@@ -297,10 +333,10 @@ def _next_stop(t: int, end: int, faults: Sequence[Fault], *, zones_active: bool)
     return min([stop, *moments])
 
 
-async def _shift(run: _Run, progress: Progress) -> int:
+async def _shift(run: _Run, progress: ProgressSink) -> int:
     end = START_MS + int(run.opts.hours * 3_600_000)
     faults = run.scenario.faults
-    done: Done = set()
+    done: Steps = set()
     t = START_MS
     wall0 = time.monotonic()
     walking = 1
@@ -310,12 +346,12 @@ async def _shift(run: _Run, progress: Progress) -> int:
         await _zone_faults(run, t, faults)
         t = _next_stop(t, end, faults, zones_active=bool(run.active))
         answers, _ = await asyncio.gather(
-            asyncio.gather(*(w.ask({"op": "advance", "to_ms": t}) for w in run.workers)),
+            asyncio.gather(*(w.ask(Advance(t), At) for w in run.workers)),
             run.docks.advance(t) if run.docks is not None else asyncio.sleep(0),
         )
-        made = sum(a["checkins"] for a in answers)
-        walking = sum(a["walking"] for a in answers)
-        queued = sum(a["queued"] for a in answers)
+        made = sum(a.checkins for a in answers)
+        walking = sum(a.walking for a in answers)
+        queued = sum(a.queued for a in answers)
         sim_s = (t - START_MS) / 1000
         speed = sim_s / max(1e-6, time.monotonic() - wall0)
         progress.update(
@@ -333,14 +369,14 @@ async def _shift(run: _Run, progress: Progress) -> int:
     return t
 
 
-async def _drain(run: _Run, progress: Progress) -> bool:
-    await asyncio.gather(*(w.ask({"op": "finish"}) for w in run.workers))
+async def _drain(run: _Run, progress: ProgressSink) -> bool:
+    await asyncio.gather(*(w.ask(Finish(), Done) for w in run.workers))
     if run.docks is not None:
         await run.docks.finish()  # a mission in flight lands
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
-        answers = await asyncio.gather(*(w.ask({"op": "queued"}) for w in run.workers))
-        queued = sum(a["queued"] for a in answers)
+        answers = await asyncio.gather(*(w.ask(AskQueued(), Backlog) for w in run.workers))
+        queued = sum(a.queued for a in answers)
         queued += run.docks.queued() if run.docks is not None else 0
         progress.update(f"draining: {queued} records still on devices", force=False)
         if queued == 0:
@@ -349,7 +385,7 @@ async def _drain(run: _Run, progress: Progress) -> bool:
     return False
 
 
-def _members(opts: FleetOptions) -> list[dict[str, Any]]:
+def _members(opts: FleetOptions) -> list[MemberSpec]:
     found = district_members(opts.plan_dir)
     if opts.devices is not None and opts.devices > len(found):
         raise FleetError(f"--devices {opts.devices}: the district has {len(found)} members")
@@ -358,7 +394,7 @@ def _members(opts: FleetOptions) -> list[dict[str, Any]]:
     chosen = [found[i * len(found) // n] for i in range(n)]
     i, n = opts.shard
     return [
-        {"id": m.device, "index": k, "tier": str(m.tier), "team": m.team, "line": m.line}
+        MemberSpec(m.device, k, str(m.tier), m.team, m.line)
         for k, m in enumerate(chosen)
         if k % n == i
     ]
@@ -397,7 +433,7 @@ async def _prepare(stack: contextlib.ExitStack, run: _Run) -> None:
 
 @dataclass(slots=True)
 class _Outcome:
-    finals: list[dict[str, Any]]
+    finals: list[Final]
     center_stats: dict[str, Any]
     drained: bool
     setup_s: float
@@ -405,7 +441,7 @@ class _Outcome:
     workers: int
 
 
-async def _execute(run: _Run, progress: Progress, wall0: float) -> _Outcome:
+async def _execute(run: _Run, progress: ProgressSink, wall0: float) -> _Outcome:
     count = run.opts.workers or os.cpu_count() or 1
     progress.update(f"provisioning {len(run.members)} devices in {count} workers", force=True)
     center_stats: dict[str, Any] = {}
@@ -420,9 +456,9 @@ async def _execute(run: _Run, progress: Progress, wall0: float) -> _Outcome:
         await _shift(run, progress)
         drained = await _drain(run, progress)
         shift_s = time.monotonic() - shift0
-        finals = await asyncio.gather(*(w.ask({"op": "stop"}, 120) for w in run.workers))
+        finals = await asyncio.gather(*(w.ask(Stop(), Final, 120) for w in run.workers))
         if run.docks is not None:  # audited like any device (fleetreport skips them as walkers)
-            finals.append({"devices": await run.docks.stop()})
+            finals.append(Final(tuple(await run.docks.stop())))
     finally:
         if run.docks is not None:
             await run.docks.stop()  # after a failure: the uplinks and drones still go
@@ -437,9 +473,7 @@ async def _execute(run: _Run, progress: Progress, wall0: float) -> _Outcome:
     return _Outcome(list(finals), center_stats, drained, setup_s, shift_s, count)
 
 
-async def run_fleet(opts: FleetOptions, progress: Progress) -> dict[str, Any]:
-    from simulators.fleetreport import build_report, write_html
-
+async def run_fleet(opts: FleetOptions, progress: ProgressSink) -> dict[str, Any]:
     if not (opts.plan_dir / "plan.geojson").is_file():
         raise FleetError(
             f"{opts.plan_dir} has no plan.geojson: make one with `picket sim district --out DIR`"
@@ -451,7 +485,7 @@ async def run_fleet(opts: FleetOptions, progress: Progress) -> dict[str, Any]:
     if opts.scenario is not None:
         scenario = load_scenario(
             opts.scenario,
-            fleet=[(m["id"], m["tier"]) for m in members],
+            fleet=[(m.id, m.tier) for m in members],
             zones=[z.id for z in plan.zones],
             seed=opts.seed,
             run_ms=int(opts.hours * 3_600_000),
@@ -471,7 +505,9 @@ async def run_fleet(opts: FleetOptions, progress: Progress) -> dict[str, Any]:
         center_db = None if shard else workdir / "center.db"
         found = None if shard else audit(workdir / "center.db", workdir / "fleet" / "registry.db")
         report = build_report(
-            opts=opts,
+            hours=opts.hours,
+            seed=opts.seed,
+            shard=opts.shard,
             plan=plan,
             finals=done.finals,
             found=found,

@@ -5,8 +5,9 @@ runs the real agent code for its devices (provisioned here through the real enro
 path, then NMEA from a walker → parser → engine → signed records → SQLite outbox → TLS
 MQTT uplink) and moves their time forward only when told to, so every worker and every
 fault sees the same virtual moment. The conversation is JSON lines: commands on stdin,
-one answer per command on stdout (docs/fleet.md lists them). Everything a device does is
-a function of the seed and its index, never of which worker runs it.
+one answer per command on stdout (docs/fleet.md lists them), spoken here and in the parent
+as the typed messages of simulators/fleetwire.py. Everything a device does is a function
+of the seed and its index, never of which worker runs it.
 """
 
 from __future__ import annotations
@@ -22,21 +23,47 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 
+from agent.checkin.device import DeviceAgent
+from agent.checkin.planfile import load_plan
 from agent.config import AgentConfig, load_config
-from agent.device import DeviceAgent
 from agent.health import store_agent_health
-from agent.outbox import Outbox, Stored
-from agent.planfile import load_plan
-from agent.protocol import MAX_BATCH, Batch, records_topic
-from agent.records import RecordType
-from agent.sync import SyncCore
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions
+from agent.store.outbox import Outbox, Stored
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
+from agent.uplink.sync import SyncCore
+from contract.protocol import MAX_BATCH, Batch, records_topic
+from contract.records import RecordType
 from provisioning.device import provision_device
 from provisioning.fleet import Fleet
+from simulators.fleetwire import (
+    Advance,
+    Answer,
+    AskPositions,
+    AskQueued,
+    At,
+    Backlog,
+    Command,
+    DeviceCommand,
+    DeviceFinal,
+    Done,
+    Duplicate,
+    Failed,
+    Final,
+    Finish,
+    Gnss,
+    Kill,
+    Link,
+    Positions,
+    Ready,
+    Restart,
+    Spoof,
+    Stop,
+    WorkerSpec,
+    decode_command,
+    encode,
+)
 from simulators.walker import Walker
 
 HEALTH_EVERY_MS = 300_000
@@ -77,14 +104,14 @@ class SimDevice:
 
 
 class Worker:
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        self.workdir = Path(spec["workdir"])
-        self.plan = load_plan(Path(spec["plan"]))
-        self.start_ms = int(spec["start_ms"])
-        self.end_ms = int(spec["end_ms"])
+        self.workdir = spec.workdir
+        self.plan = load_plan(spec.plan)
+        self.start_ms = spec.start_ms
+        self.end_ms = spec.end_ms
         self.now_ms = self.start_ms
-        self.broker = BrokerAddress(spec["broker_host"], int(spec["broker_port"]))
+        self.broker = BrokerAddress(spec.broker_host, spec.broker_port)
         self.devices: list[SimDevice] = []
         self.latency: list[tuple[str, int, int]] = []  # (device, seq, wall ms stored)
         self.tg: asyncio.TaskGroup | None = None
@@ -93,28 +120,28 @@ class Worker:
 
     def provision(self) -> None:
         lines = {ln.id: ln for ln in self.plan.lines}
-        seed = int(self.spec["seed"])
+        seed = self.spec.seed
         issued = int(time.time() * 1000)  # certificates meet the real broker's clock
-        with Fleet(Path(self.spec["fleet"])) as fleet:
-            for m in self.spec["devices"]:
+        with Fleet(self.spec.fleet) as fleet:
+            for m in self.spec.devices:
                 files = provision_device(
                     fleet,
-                    m["id"],
-                    self.workdir / "devices" / m["id"],
+                    m.id,
+                    self.workdir / "devices" / m.id,
                     broker_host=self.broker.host,
                     broker_port=self.broker.port,
                     now_ms=issued,
-                    tier=m["tier"],
-                    team=m.get("team"),
+                    tier=m.tier,
+                    team=m.team,
                 )
                 cfg = load_config(files.config)
-                rng = random.Random(seed * 1_000_003 + int(m["index"]))
+                rng = random.Random(seed * 1_000_003 + m.index)
                 # members set off over the first ten minutes, as a shift does
                 start = self.start_ms + rng.randrange(0, 600) * 1000
-                walker = Walker(m["id"], self.plan, lines[m["line"]], rng, start, self.end_ms)
-                d = SimDevice(m["id"], int(m["index"]), m["tier"], cfg, walker)
-                every = int(self.spec.get("nmea_every", 1))
-                d.nmea = every > 0 and int(m["index"]) % every == 0
+                walker = Walker(m.id, self.plan, lines[m.line], rng, start, self.end_ms)
+                d = SimDevice(m.id, m.index, m.tier, cfg, walker)
+                every = self.spec.nmea_every
+                d.nmea = every > 0 and m.index % every == 0
                 self.devices.append(d)
 
     def _uplink(self, d: SimDevice, outbox: Outbox) -> Uplink:
@@ -181,7 +208,7 @@ class Worker:
 
     # -- faults ---------------------------------------------------------------------------
 
-    def _pick(self, ids: list[str]) -> list[SimDevice]:
+    def _pick(self, ids: tuple[str, ...]) -> list[SimDevice]:
         wanted = set(ids)
         return [d for d in self.devices if d.id in wanted]
 
@@ -250,94 +277,101 @@ class Worker:
     def checkins(self) -> int:
         return sum(d.checkins() for d in self.devices)
 
-    def final(self) -> dict[str, Any]:
+    def final(self) -> Final:
         out = []
         for d in self.devices:
             made = Counter(d.created)
             if d.agent is not None:
                 made.update(d.agent.created)
             out.append(
-                {
-                    "id": d.id,
-                    "tier": d.tier,
-                    "last_seq": d.agent.outbox.last_seq if d.agent is not None else 0,
-                    "checkins": made[RecordType.CHECKIN],
-                    "missed": made[RecordType.MISSED],
-                    "suspicions": made[RecordType.SUSPICION],
-                    "visits": [[v.point_id, v.arrival_ms] for v in d.walker.visits],
-                    "line": self.walker_line(d),
-                    "nmea": d.nmea,
-                    "nmea_errors": d.nmea_errors
+                DeviceFinal(
+                    id=d.id,
+                    tier=d.tier,
+                    last_seq=d.agent.outbox.last_seq if d.agent is not None else 0,
+                    checkins=made[RecordType.CHECKIN],
+                    missed=made[RecordType.MISSED],
+                    suspicions=made[RecordType.SUSPICION],
+                    visits=tuple((v.point_id, v.arrival_ms) for v in d.walker.visits),
+                    line=self.walker_line(d),
+                    nmea=d.nmea,
+                    nmea_errors=d.nmea_errors
                     + (
                         d.agent.parser.stats.bad_checksum + d.agent.parser.stats.malformed
                         if d.agent is not None
                         else 0
                     ),
-                }
+                )
             )
-        path = self.workdir / f"latency-{self.spec['worker']}.json"
+        path = self.workdir / f"latency-{self.spec.worker}.json"
         path.write_text(json.dumps(self.latency), encoding="utf-8")
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {
-            "devices": out,
-            "latency_file": str(path),
-            "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_kib": usage.ru_maxrss,
-        }
+        return Final(
+            devices=tuple(out),
+            latency_file=str(path),
+            cpu_s=usage.ru_utime + usage.ru_stime,
+            peak_rss_kib=usage.ru_maxrss,
+        )
 
     def walker_line(self, d: SimDevice) -> str:
-        for m in self.spec["devices"]:
-            if m["id"] == d.id:
-                return str(m["line"])
+        for m in self.spec.devices:
+            if m.id == d.id:
+                return m.line
         return ""
 
     # -- the conversation with the parent ---------------------------------------------------
 
-    async def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912 - one branch per op
-        op = cmd["op"]
-        picked = self._pick(cmd.get("devices", []))
-        if op == "advance":
-            await self.advance(int(cmd["to_ms"]))
-            walking = sum(1 for d in self.devices if not d.walker.done)
-            return {"op": "at", "t_ms": self.now_ms, "checkins": self.checkins(),
-                    "queued": self.queued(), "walking": walking}  # fmt: skip
-        if op == "duplicate":
-            return {"op": "done", "sent": sum([await self.duplicate(d) for d in picked])}
-        if op == "link":
-            for d in picked:
-                await self.set_link(d, bool(cmd["up"]))
-            return {"op": "done"}
-        if op == "positions":
-            where = {d.id: list(d.walker.true_position) for d in self.devices}
-            return {"op": "positions", "positions": where}
-        if op == "queued":
-            down = sum(1 for d in self.devices if not d.alive or not d.link_up)
-            return {"op": "queued", "queued": self.queued(), "down": down}
-        if op == "finish":
-            for d in self.devices:
-                if d.agent is not None:
-                    d.agent.finish()
-            return {"op": "done", "checkins": self.checkins(), "queued": self.queued()}
-        for d in picked:
-            if op == "kill":
-                self.kill(d)
-            elif op == "restart":
-                self.restart(d, int(cmd.get("cold_s", 0)))
-            elif op == "gnss":
-                self.gnss(d, outage=cmd.get("outage"), noise=cmd.get("noise"))
-            elif op == "spoof":
-                d.walker.spoof_m = (float(cmd["north_m"]), float(cmd["east_m"]))
-            else:
-                return {"op": "error", "error": f"unknown op {op!r}"}
-        return {"op": "done"}
+    async def handle(self, cmd: Command) -> Answer:
+        """One command's answer (`Stop` is the caller's: it ends the conversation)."""
+        match cmd:
+            case Advance(to_ms=to_ms):
+                await self.advance(to_ms)
+                walking = sum(1 for d in self.devices if not d.walker.done)
+                return At(self.now_ms, self.checkins(), self.queued(), walking)
+            case AskPositions():
+                return Positions({d.id: d.walker.true_position for d in self.devices})
+            case AskQueued():
+                down = sum(1 for d in self.devices if not d.alive or not d.link_up)
+                return Backlog(self.queued(), down)
+            case Finish():
+                for d in self.devices:
+                    if d.agent is not None:
+                        d.agent.finish()
+                return Done(checkins=self.checkins(), queued=self.queued())
+            case Stop():
+                return await self.stop()
+            case _:
+                return await self.on_devices(cmd)
 
-    async def stop(self) -> dict[str, Any]:
+    async def on_devices(self, cmd: DeviceCommand) -> Done:
+        """A fault's command to some of this worker's devices."""
+        picked = self._pick(cmd.devices)
+        match cmd:
+            case Duplicate():
+                return Done(sent=sum([await self.duplicate(d) for d in picked]))
+            case Link(up=up):
+                for d in picked:
+                    await self.set_link(d, up)
+            case Kill():
+                for d in picked:
+                    self.kill(d)
+            case Restart(cold_s=cold_s):
+                for d in picked:
+                    self.restart(d, cold_s)
+            case Gnss(outage=outage, noise=noise):
+                for d in picked:
+                    self.gnss(d, outage=outage, noise=noise)
+            case Spoof(north_m=north_m, east_m=east_m):
+                for d in picked:
+                    d.walker.spoof_m = (north_m, east_m)
+        return Done()
+
+    async def stop(self) -> Final:
         for d in self.devices:
             if d.uplink is not None:
                 d.uplink.stop()
         tasks = [d.task for d in self.devices if d.task is not None]
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
-        final = {"op": "final", **self.final()}
+        final = self.final()
         for d in self.devices:
             if d.agent is not None:
                 d.agent.outbox.close()
@@ -346,14 +380,14 @@ class Worker:
         return final
 
 
-async def serve(spec: dict[str, Any]) -> None:
+async def serve(spec: WorkerSpec) -> None:
     w = Worker(spec)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
-    def say(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
+    def say(answer: Answer) -> None:
+        sys.stdout.write(encode(answer) + "\n")
         sys.stdout.flush()
 
     await asyncio.to_thread(w.provision)
@@ -362,17 +396,16 @@ async def serve(spec: dict[str, Any]) -> None:
         for d in w.devices:
             w.boot(d)
             w.spawn(d)
-        say({"op": "ready", "devices": len(w.devices)})
+        say(Ready(len(w.devices)))
         while line := await reader.readline():
-            cmd = json.loads(line)
-            if cmd["op"] == "stop":
-                say(await w.stop())
+            cmd = decode_command(line)
+            say(cmd if isinstance(cmd, Failed) else await w.handle(cmd))
+            if isinstance(cmd, Stop):
                 break
-            say(await w.handle(cmd))
 
 
 def main() -> None:
-    spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    spec = WorkerSpec.from_json(Path(sys.argv[1]).read_text(encoding="utf-8"))
     profile = os.environ.get("PICKET_FLEET_PROFILE")  # a folder: write one profile per worker
     if not profile:
         asyncio.run(serve(spec))
@@ -383,7 +416,7 @@ def main() -> None:
         "asyncio.run(serve(spec))",
         globals(),
         {"spec": spec, "asyncio": asyncio, "serve": serve},
-        str(Path(profile) / f"worker-{spec['worker']}.prof"),
+        str(Path(profile) / f"worker-{spec.worker}.prof"),
     )
 
 

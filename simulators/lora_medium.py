@@ -30,7 +30,7 @@ not allow, as the MCU answers DUTY_CYCLE; and it cannot send while it is still s
 (BUSY).
 
 Positions are metres east and north of an origin (`Metres`), or latitude and longitude
-(`LatLon`), projected onto a local plane around the first `LatLon` given (agent/geo.py:
+(`LatLon`), projected onto a local plane around the first `LatLon` given (agent/checkin/geo.py:
 accurate to well under a metre over a district).
 """
 
@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from agent.geo import to_local
+from agent.checkin.geo import to_local
 from firmware_bridge.lora import (
     MAX_PACKET,
     DutyCycle,
@@ -54,6 +54,7 @@ from firmware_bridge.lora import (
     link_budget,
     time_on_air_ms,
 )
+from simulators.simerror import SimulatorError
 
 DEFAULT_FREQ_HZ = 470_300_000  # the first CN470 uplink channel
 DEFAULT_CAPTURE_DB = 6.0
@@ -80,7 +81,7 @@ class Channel(NamedTuple):
     bw_hz: int
 
 
-class MediumError(Exception):
+class MediumError(SimulatorError):
     """A radio could not send: unknown, busy, over its duty cycle, or the packet too big."""
 
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from picket.progress import Progress
 from simulators.fleetreport import public
 from simulators.fleetrun import FleetOptions, run_fleet
+from simulators.progress import QUIET
 
 FleetRun = Callable[..., dict[str, Any]]
 
@@ -77,7 +77,7 @@ def fleet_run(fleet_district: Path, tmp_path: Path) -> FleetRun:
             html=html,
             docks=docks,
         )
-        report = public(asyncio.run(run_fleet(opts, Progress(quiet=True))))
+        report = public(asyncio.run(run_fleet(opts, QUIET)))
         report["html"] = str(html)
         return report
 

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.plan import Assignment, Tier
+from agent.checkin.plan import Assignment, Tier
+from simulators.simerror import SimulatorError
 
 __all__ = [
     "MEMBERS_FILE",
@@ -37,7 +38,7 @@ MEMBER_COLUMNS = ("device", "tier", "team", "line", "shift", "start", "end")
 MINUTES_PER_DAY = 1440
 
 
-class RosterError(ValueError):
+class RosterError(SimulatorError, ValueError):
     """members.csv is missing or a row of it is not a member."""
 
 

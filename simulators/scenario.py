@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulators.simerror import SimulatorError
+
 KINDS = {
     # kind: (needs `for`, takes devices, takes zones)
     "broker-outage": (True, False, False),
@@ -41,8 +43,8 @@ COLD_START_S = 90
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
-class ScenarioError(ValueError):
-    pass
+class ScenarioError(SimulatorError, ValueError):
+    """The scenario file is not a valid timeline of faults for this fleet and plan."""
 
 
 @dataclass(frozen=True, slots=True)

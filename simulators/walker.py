@@ -15,10 +15,10 @@ import math
 import random
 from dataclasses import dataclass
 
-from agent.fix import Fix, FixMode, Quality
-from agent.geo import distance_m, offset, to_local
+from agent.checkin.geo import distance_m, offset, to_local
+from agent.checkin.plan import Line, Plan, Point
 from agent.gnss.nmea import UERE_M
-from agent.plan import Line, Plan, Point
+from contract.fix import Fix, FixMode, Quality
 from simulators.district import CLEARANCE_M, segment_distance
 from simulators.nmea import gga, rmc
 

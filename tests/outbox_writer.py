@@ -17,9 +17,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fix import TimeSource
-from agent.outbox import Built, Outbox
-from agent.records import ChainPosition, RecordType, build
+from agent.store.outbox import Built, Outbox
+from contract.fix import TimeSource
+from contract.records import ChainPosition, RecordType, build
 
 DEVICE = "h0001"
 T0 = 1_772_323_200_000

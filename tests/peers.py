@@ -17,10 +17,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import AgentConfig, load_config
-from agent.fix import TimeSource
-from agent.outbox import Builder, Built
-from agent.records import ChainPosition, RecordType, build
+from agent.store.outbox import Builder, Built
 from center.service import CenterService
+from contract.fix import TimeSource
+from contract.records import ChainPosition, RecordType, build
 from picket.argtypes import center_tls
 from provisioning.brokerconf import write_broker_config
 from provisioning.device import DeviceFiles, provision_device

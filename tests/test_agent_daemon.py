@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from peers import TlsFleet, running_center, wait_for
 
-from agent.fix import TimeSource
-from agent.plan import Line, Plan, Point
-from agent.planfile import plan_to_geojson
+from agent.checkin.plan import Line, Plan, Point
+from agent.checkin.planfile import plan_to_geojson
+from contract.fix import TimeSource
 from simulators.walker import Walker
 
 pytestmark = pytest.mark.integration

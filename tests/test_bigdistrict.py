@@ -2,7 +2,7 @@
 
 One district is generated once, through the command's own parser and handler, and then
 read back the way the agent, `picket plan check`, a GIS tool and the fleet runner read it:
-the plan with agent/planfile.py, the members with `members()`, the streets as plain
+the plan with agent/checkin/planfile.py, the members with `members()`, the streets as plain
 GeoJSON, the map with Pillow's PNG decoder and an XML parser. Geometry claims (points on
 streets, routes along streets, laps that fit a shift) are re-derived from the files in a
 local metric frame, not taken from the generator's own numbers. A few more seeds are
@@ -31,9 +31,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from agent.geo import to_local
-from agent.plan import Plan, Tier
-from agent.planfile import check_plan, load_plan, plan_to_geojson
+from agent.checkin.geo import to_local
+from agent.checkin.plan import Plan, Tier
+from agent.checkin.planfile import check_plan, load_plan, plan_to_geojson
 from picket import simcmd
 from picket.cli import main as picket_main
 from simulators.bigdistrict import generate

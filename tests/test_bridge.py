@@ -1,7 +1,7 @@
 """The serial bridge to the radio MCU, end to end: no mocks.
 
 The frame vectors of docs/bridge.md; then the host driver (firmware_bridge/host.py)
-against the simulated MCU (firmware_bridge/mcusim.py): the real firmware logic and boot
+against the simulated MCU (simulators/mcusim.py): the real firmware logic and boot
 decision on a thread, behind a real pseudo-terminal that the host opens by a symlink, as
 it opens /dev/serial/by-id/…. Bit errors at 1e-3 … 1e-6 on both directions, a reset in the
 middle of a frame, an unplugged and replugged port, a stalled MCU, a firmware from another
@@ -27,13 +27,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peers import no_fds_left
 
-from agent.bridgelink import BridgeConfig, BridgeLink, parse_bridge_section
+from agent.checkin.device import DeviceAgent
+from agent.checkin.plan import Plan
 from agent.config import ConfigError
-from agent.device import DeviceAgent
-from agent.fix import Fix, TimeSource
-from agent.outbox import Built, Outbox, Stored
-from agent.plan import Plan
-from agent.records import (
+from agent.gnss.timekeeper import Stamp
+from agent.radio.bridgelink import BridgeLink
+from agent.radio.settings import BridgeConfig, parse_bridge_section
+from agent.store.outbox import Built, Outbox, Stored
+from contract.fix import Fix, TimeSource
+from contract.records import (
     AlertKey,
     AlertKind,
     ChainPosition,
@@ -41,9 +43,8 @@ from agent.records import (
     RecordType,
     build,
     open_record,
-    validate_body,
 )
-from agent.timekeeper import Stamp
+from contract.recordschema import validate_body
 from firmware_bridge import frame
 from firmware_bridge import messages as m
 from firmware_bridge.firmware.logic import LED_AMBER, LED_GREEN, LED_RED
@@ -65,9 +66,11 @@ from firmware_bridge.host import (
     UpdateFailed,
     VersionMismatch,
 )
-from firmware_bridge.mcusim import McuSim, SerialLine, sim_image
 from picket import bridgecmd
 from provisioning.center import center_public_path, create_center_key, load_center_key
+from simulators.mcuboard import sim_image
+from simulators.mcusim import McuSim
+from simulators.serialline import SerialLine
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "bridge.md"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes.fromhex("5a" * 32))

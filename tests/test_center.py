@@ -11,15 +11,15 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.cose import sig_structure
-from agent.fix import TimeSource
-from agent.protocol import Batch, Refusal, records_topic
-from agent.records import ChainPosition, RecordType, build
 from center.audit import audit
-from center.export import CenterDbError
+from center.errors import CenterDbError
 from center.ingest import Ingest
 from center.service import KeyCache
 from center.store import CenterStore
+from contract.cose import sig_structure
+from contract.fix import TimeSource
+from contract.protocol import Batch, Refusal, records_topic
+from contract.records import ChainPosition, RecordType, build
 from provisioning.registry import Registry
 
 KEYS = {d: Ed25519PrivateKey.generate() for d in ("h0001", "h0002")}
@@ -375,8 +375,8 @@ def test_key_cache_follows_a_rotation_without_forgetting_the_device(tmp_path: Pa
 
 
 def test_an_older_center_database_gets_chain_state_when_opened(tmp_path: Path) -> None:
-    from agent.records import Eviction, chain_hash, dropped_body
     from center.status import read_status
+    from contract.records import Eviction, chain_hash, dropped_body
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)

@@ -14,9 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.cose import decode_sign1
-from agent.fix import TimeSource
-from agent.records import ChainPosition, RecordType, build, chain_hash, parse_payload
 from center.chain import (
     ChainState,
     Fork,
@@ -30,6 +27,9 @@ from center.chain import (
     merge,
     place,
 )
+from contract.cose import decode_sign1
+from contract.fix import TimeSource
+from contract.records import ChainPosition, RecordType, build, chain_hash, parse_payload
 
 KEY = Ed25519PrivateKey.generate()
 

@@ -13,20 +13,21 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.fix import TimeSource
-from agent.protocol import Batch, records_topic
-from agent.records import (
+from center.errors import CenterDbError
+from center.export import export, export_records, list_devices
+from center.ingest import Ingest
+from center.store import CenterStore
+from contract.fix import TimeSource
+from contract.protocol import Batch, records_topic
+from contract.records import (
     ChainPosition,
     RecordType,
     build,
     chain_hash,
     health_body,
     open_record,
-    validate_body,
 )
-from center.export import CenterDbError, export, export_records, list_devices
-from center.ingest import Ingest
-from center.store import CenterStore
+from contract.recordschema import validate_body
 from picket import centercmd
 from picket.progress import Progress
 from provisioning.registry import Registry

@@ -26,9 +26,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from psycopg import sql
 
-from agent.fix import TimeSource
-from agent.protocol import Batch, Refusal, records_topic
-from agent.records import (
+from center.batch import Store
+from center.chain import Verdict
+from center.database import open_store
+from center.errors import CenterDbError, StoreError
+from center.ingest import Ingest, check_record
+from center.snapshot import Presence
+from center.status import build_status, read_status
+from contract.fix import TimeSource
+from contract.protocol import Batch, Refusal, records_topic
+from contract.records import (
     ChainPosition,
     Eviction,
     RecordType,
@@ -37,11 +44,6 @@ from agent.records import (
     dropped_body,
     health_body,
 )
-from center.chain import Verdict
-from center.export import CenterDbError
-from center.ingest import Ingest, check_record
-from center.status import Presence, build_status, read_status
-from center.store import Store, StoreError, open_store
 from picket import centerstatus
 
 PG_URL = os.environ.get("PICKET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -24,15 +24,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peers import wait_for
 from test_center_pg import Target, target
 
-from agent.fix import TimeSource
-from agent.outbox import Built, Outbox
-from agent.protocol import Batch, Refusal, ack_topic, decode_ack, records_topic, state_topic
-from agent.records import ChainPosition, RecordType, build
-from agent.sync import SyncCore
-from agent.uplink import BrokerAddress, Uplink
+from agent.store.outbox import Built, Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink
+from agent.uplink.sync import SyncCore
+from center.batch import Saved, Store
+from center.database import open_store
+from center.errors import StoreError
 from center.service import CenterService, shared
-from center.status import Snapshot, read_status
-from center.store import Saved, Store, StoreError, open_store
+from center.snapshot import Snapshot
+from center.status import read_status
+from contract.fix import TimeSource
+from contract.protocol import Batch, Refusal, ack_topic, decode_ack, records_topic, state_topic
+from contract.records import ChainPosition, RecordType, build
 from provisioning.registry import Registry
 from simulators.broker import Mosquitto
 

@@ -18,8 +18,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from peers import kill_child_at
 
-from agent.cmdexec import CommandExecutor, Handled, bundle_agenda
-from agent.commands import (
+from agent.checkin.device import DeviceAgent
+from agent.checkin.plan import Assignment, Line, Plan, Point, Window
+from agent.commands.executor import CommandExecutor, Handled, bundle_agenda
+from agent.config import ConfigError, load_config
+from agent.gnss.timekeeper import Stamp
+from agent.store.outbox import Built, Outbox
+from contract.commands import (
     Body,
     Command,
     CommandType,
@@ -35,24 +40,20 @@ from agent.commands import (
     local_date,
     read_stored,
 )
-from agent.config import ConfigError, load_config
-from agent.cose import sign1
-from agent.device import DeviceAgent
-from agent.fix import Fix, TimeSource
-from agent.outbox import Built, Outbox
-from agent.plan import Assignment, Line, Plan, Point, Window
-from agent.records import (
+from contract.cose import sign1
+from contract.fix import Fix, TimeSource
+from contract.records import (
     ChainPosition,
     Outcome,
     Record,
     RecordType,
     build,
     open_record,
-    validate_body,
 )
-from agent.timekeeper import Stamp
+from contract.recordschema import validate_body
 from provisioning.center import create_center_key, load_center_key
-from provisioning.device import ProvisioningError, provision_device
+from provisioning.device import provision_device
+from provisioning.registry import ProvisioningError
 
 REPO = Path(__file__).resolve().parents[1]
 CENTER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

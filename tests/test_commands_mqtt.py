@@ -21,20 +21,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peers import TlsFleet, running_center, wait_for
 
-from agent.cmdexec import CommandExecutor, bundle_agenda
-from agent.commands import CommandVerifier, Reminder, RollCall, TaskBundle, local_date
+from agent.checkin.device import DeviceAgent
+from agent.checkin.plan import Line, Plan, Point
+from agent.checkin.planfile import plan_to_geojson
+from agent.commands.executor import CommandExecutor, bundle_agenda
 from agent.config import load_config
 from agent.daemon import AgentRun
-from agent.device import DeviceAgent
-from agent.fix import Fix, TimeSource
-from agent.outbox import Outbox
-from agent.plan import Line, Plan, Point
-from agent.planfile import plan_to_geojson
-from agent.records import Outcome, RecordType
-from agent.timekeeper import Stamp
-from agent.uplink import BrokerAddress, Uplink
+from agent.gnss.timekeeper import Stamp
+from agent.store.outbox import Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink
 from center.commands import CommandSigner, publish, receipts, rollcall_answers
 from center.store import CenterStore
+from contract.commands import CommandVerifier, Reminder, RollCall, TaskBundle, local_date
+from contract.fix import Fix, TimeSource
+from contract.records import Outcome, RecordType
 from picket.commandcmd import (
     add_center_parsers,
     dispatch_async,

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.cose import PROTECTED_EDDSA, sig_structure, sign1, verify1
-from agent.errors import RecordError
+from contract.cose import PROTECTED_EDDSA, sig_structure, sign1, verify1
+from contract.errors import RecordError
 
 COSE_CORPUS = Path(__file__).resolve().parent / "corpus" / "cose"
 VECTOR_PATH = COSE_CORPUS / "eddsa-sig-01.json"

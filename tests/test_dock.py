@@ -1,8 +1,8 @@
 """The drone dock: its state machine, its commands, and the whole path to the center.
 
-The dock's decisions (agent/dock.py) are tested against the simulated drone
+The dock's decisions (agent/dock/machine.py) are tested against the simulated drone
 (simulators/drone.py) speaking real MAVLink 2 frames, decoded by the real decoder
-(agent/mavlink.py): in memory for the pure tests (`Bench`: no socket, virtual time), over UDP
+(agent/dock/mavlink.py): in memory for the pure tests (`Bench`: no socket, virtual time), over UDP
 with a TLS broker and the center for the end-to-end ones.
 """
 
@@ -24,8 +24,31 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peers import TlsFleet, running_center, wait_for
 
-from agent.cmdexec import CommandExecutor
-from agent.commands import (
+from agent.checkin.device import DeviceAgent
+from agent.checkin.engine import CheckinEngine, CheckinEvent
+from agent.checkin.geo import offset
+from agent.checkin.plan import Line, Plan, Point
+from agent.commands.executor import CommandExecutor
+from agent.config import load_config
+from agent.dock.executor import DockAgent, DockExecutor
+from agent.dock.machine import Dock
+from agent.dock.mavlink import DroneTelemetry, MavlinkDecoder
+from agent.dock.mavsource import MavlinkSource
+from agent.dock.outputs import (
+    DockState,
+    MissionOutcome,
+    MissionSummary,
+    Output,
+    ReturnHome,
+    StartMission,
+    StateChange,
+)
+from agent.dock.planning import DockConfig, plan_mission
+from agent.gnss.timekeeper import Stamp
+from agent.store.outbox import Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
+from center.commands import CommandSigner, publish, receipts
+from contract.commands import (
     AbortMission,
     Body,
     CommandType,
@@ -35,37 +58,16 @@ from agent.commands import (
     command_payload,
     read_stored,
 )
-from agent.config import load_config
-from agent.cose import sign1
-from agent.device import DeviceAgent
-from agent.dock import (
-    Dock,
-    DockConfig,
-    DockState,
-    MissionOutcome,
-    MissionSummary,
-    Output,
-    ReturnHome,
-    StartMission,
-    StateChange,
-    plan_mission,
-)
-from agent.dockexec import DockAgent, DockExecutor
-from agent.engine import CheckinEngine, CheckinEvent
-from agent.fix import Fix, TimeSource
-from agent.geo import offset
-from agent.mavlink import DroneTelemetry, MavlinkDecoder, MavlinkSource
-from agent.outbox import Outbox
-from agent.plan import Line, Plan, Point
-from agent.records import CheckinKey, MissionKey, Outcome, RecordType, open_record
-from agent.timekeeper import Stamp
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions
-from center.commands import CommandSigner, publish, receipts
+from contract.cose import sign1
+from contract.fix import Fix, TimeSource
+from contract.records import CheckinKey, MissionKey, Outcome, RecordType, open_record
 from picket import dockcmd
 from provisioning.registry import Registry
 from simulators.bigdistrict import District, generate
-from simulators.docksim import CHARGER_W, expected_checkins, sortie_plan
-from simulators.drone import DroneState, SimDrone
+from simulators.dockreport import expected_checkins
+from simulators.docksim import CHARGER_W, sortie_plan
+from simulators.drone import SimDrone
+from simulators.flight import DroneState
 
 T0 = 1_772_330_400_000  # 2026-03-01 10:00 in the district
 CENTER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

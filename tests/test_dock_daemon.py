@@ -27,12 +27,13 @@ import pytest
 from dockchild import fast_clock
 from peers import TlsFleet, running_center, wait_for
 
-from agent.commands import Command, FlyLine, Priority
+from agent.checkin.planfile import load_plan
 from agent.config import load_config
 from agent.daemon import AgentRun
-from agent.dock import DockState, MissionOutcome
-from agent.planfile import load_plan
-from agent.records import (
+from agent.dock.outputs import DockState, MissionOutcome
+from center.commands import CommandSigner, publish, receipts
+from contract.commands import Command, FlyLine, Priority
+from contract.records import (
     CheckinKey,
     DockStateKey,
     MissionKey,
@@ -41,9 +42,8 @@ from agent.records import (
     RecordType,
     open_record,
 )
-from center.commands import CommandSigner, publish, receipts
 from provisioning.registry import Registry
-from simulators.docksim import expected_checkins
+from simulators.dockreport import expected_checkins
 from simulators.drone import SimDrone
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
-from agent.dockconfig import parse_dock_section, read_wind
+from agent.dock.settings import parse_dock_section, read_wind
 
 GOOD: dict[str, object] = {
     "mavlink": "udp://127.0.0.1:14550",

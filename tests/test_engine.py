@@ -13,29 +13,23 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent.engine import (
-    ACCURACY_FRACTION,
+from agent.checkin.engine import (
     CELL_M,
-    EXIT_FIXES,
-    EXIT_MARGIN_M,
     HORIZON_S,
-    MAX_GAP_S,
-    MISMATCH_WINDOW_S,
     MISSED_GRACE_S,
-    QUARANTINE_S,
     SILENCE_S,
     CheckinEngine,
     CheckinEvent,
     Event,
     MissedEvent,
-    SuspicionEvent,
-    SuspicionKind,
 )
-from agent.fix import Fix, FixMode, Quality
-from agent.geo import M_PER_DEG_LAT, distance_m, offset
+from agent.checkin.geo import M_PER_DEG_LAT, distance_m, offset
+from agent.checkin.motion import MISMATCH_WINDOW_S, QUARANTINE_S, SuspicionEvent, SuspicionKind
+from agent.checkin.plan import AgendaItem, Line, Plan, Point
+from agent.checkin.visits import ACCURACY_FRACTION, EXIT_FIXES, EXIT_MARGIN_M, MAX_GAP_S
 from agent.gnss.nmea import NmeaParser
-from agent.plan import AgendaItem, Line, Plan, Point
-from agent.records import Verdict
+from contract.fix import Fix, FixMode, Quality
+from contract.records import Verdict
 from simulators.district import generate_district
 from simulators.walker import Walker
 

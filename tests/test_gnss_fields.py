@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.fix import Constellation
 from agent.gnss import fields as f
+from contract.fix import Constellation
 
 MUNICH_LAT = 48 + 7.038 / 60
 MUNICH_LON = 11 + 31.0 / 60

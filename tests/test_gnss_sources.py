@@ -32,7 +32,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peers import no_fds_left
 
-from agent.fix import Constellation, Fix, FixMode, Quality, TimeSource
 from agent.gnss.gpsd import MAX_LINE, GpsdDecoder
 from agent.gnss.nmea import UERE_M, NmeaParser
 from agent.gnss.sources import (
@@ -46,6 +45,7 @@ from agent.gnss.sources import (
     SourceStatus,
     parse_source_url,
 )
+from contract.fix import Constellation, Fix, FixMode, Quality, TimeSource
 from simulators.nmea import gga, rmc
 
 T = TypeVar("T")

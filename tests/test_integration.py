@@ -13,14 +13,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peers import running_center, wait_for
 
-from agent.fix import TimeSource
 from agent.health import health_snapshot, store_health
-from agent.outbox import Built, Outbox
-from agent.protocol import Batch, Refusal, ack_topic, decode_ack, records_topic
-from agent.records import ChainPosition, RecordType, build
-from agent.sync import SyncCore
-from agent.uplink import BrokerAddress, Uplink
+from agent.store.outbox import Built, Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink
+from agent.uplink.sync import SyncCore
 from center.audit import audit
+from contract.fix import TimeSource
+from contract.protocol import Batch, Refusal, ack_topic, decode_ack, records_topic
+from contract.records import ChainPosition, RecordType, build
 from picket.progress import Progress
 from provisioning.registry import Registry
 from simulators.broker import Mosquitto

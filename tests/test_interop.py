@@ -24,11 +24,14 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cose import sig_structure, verify1
-from agent.errors import RecordError
-from agent.fix import Fix, TimeSource
-from agent.protocol import Batch, records_topic
-from agent.records import (
+from center.export import export_records, list_devices
+from center.ingest import Ingest
+from center.store import CenterStore
+from contract.cose import sig_structure, verify1
+from contract.errors import RecordError
+from contract.fix import Fix, TimeSource
+from contract.protocol import Batch, records_topic
+from contract.records import (
     ChainPosition,
     Eviction,
     Outcome,
@@ -41,9 +44,6 @@ from agent.records import (
     receipt_body,
     rollcall_body,
 )
-from center.export import export_records, list_devices
-from center.ingest import Ingest
-from center.store import CenterStore
 
 REPO = Path(__file__).resolve().parents[1]
 INTEROP = REPO / ".venv" / "interop"

@@ -23,29 +23,9 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cose import sign1
-from agent.fix import Fix, TimeSource
-from agent.geo import offset
-from agent.outbox import Outbox
-from agent.protocol import (
-    PREFIX,
-    Ack,
-    Batch,
-    decode_ack,
-    decode_batch,
-    records_topic,
-    relayed_topic,
-)
-from agent.records import (
-    AlertKind,
-    ChainPosition,
-    RecordType,
-    alert_body,
-    build,
-    chain_hash,
-    health_body,
-)
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions
+from agent.checkin.geo import offset
+from agent.store.outbox import Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
 from center.lora_gateway import (
     BATCH_ID_BASE,
     GATEWAY_CN,
@@ -56,6 +36,26 @@ from center.lora_gateway import (
     issue_gateway,
     route,
     rx_packet,
+)
+from contract.cose import sign1
+from contract.fix import Fix, TimeSource
+from contract.protocol import (
+    PREFIX,
+    Ack,
+    Batch,
+    decode_ack,
+    decode_batch,
+    records_topic,
+    relayed_topic,
+)
+from contract.records import (
+    AlertKind,
+    ChainPosition,
+    RecordType,
+    alert_body,
+    build,
+    chain_hash,
+    health_body,
 )
 from firmware_bridge import lora, messages
 from firmware_bridge.lora import (

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.lorafallback import LoraFallback
-from agent.outbox import Builder, Outbox
-from agent.records import RecordType, alert_body
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions
+from agent.store.outbox import Builder, Outbox
+from agent.uplink.lorafallback import LoraFallback
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
 from center.lora_gateway import LoraGateway, gateway_tls, issue_gateway
+from contract.records import RecordType, alert_body
 from firmware_bridge.host import Bridge
-from firmware_bridge.mcusim import McuSim
 from simulators.broker import free_port
 from simulators.lora_medium import Medium, Metres, Reception, run_air
+from simulators.mcusim import McuSim
 from tests.peers import TlsFleet, now_ms, running_center, signed, wait_for
 
 pytestmark = pytest.mark.integration

@@ -27,29 +27,15 @@ from hypothesis import strategies as st
 from pymavlink.dialects.v20 import ardupilotmega
 from pymavlink.dialects.v20 import common as mavlink2
 
-from agent.fix import FixMode, Quality, TimeSource
-from agent.geo import distance_m, offset
+from agent.checkin.geo import distance_m, offset
+from agent.dock.mavlink import DEFAULT_ACCURACY_M, Change, DroneTelemetry, MavlinkDecoder
+from agent.dock.mavsource import MavlinkSource
+from agent.dock.mavurl import MavlinkError, MavlinkSpec, parse_mavlink_url
 from agent.gnss.nmea import UERE_M
 from agent.gnss.sources import SourceState, SourceStatus
-from agent.mavlink import (
-    DEFAULT_ACCURACY_M,
-    Change,
-    DroneTelemetry,
-    MavlinkDecoder,
-    MavlinkError,
-    MavlinkSource,
-    MavlinkSpec,
-    parse_mavlink_url,
-)
-from simulators.drone import (
-    ACCEL_H,
-    CLIMB_MPS,
-    CRUISE_MPS,
-    DESCEND_MPS,
-    WP_RADIUS_M,
-    DroneState,
-    SimDrone,
-)
+from contract.fix import FixMode, Quality, TimeSource
+from simulators.drone import SimDrone
+from simulators.flight import ACCEL_H, CLIMB_MPS, CRUISE_MPS, DESCEND_MPS, WP_RADIUS_M, DroneState
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DOCK = (47.3769, 8.5417, 420.0)

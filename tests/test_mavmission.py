@@ -1,4 +1,4 @@
-"""The mission upload over MAVLink 2 (agent/mavmission.py) against the simulated drone."""
+"""The mission upload over MAVLink 2 (agent/dock/mission.py) against the simulated drone."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 from pymavlink.dialects.v20 import common as mavlink2
 
-from agent.mavlink import Change, MavlinkDecoder
-from agent.mavmission import MissionLink, MissionUploader, Phase, as_dock_numbering
-from simulators.drone import DroneState, SimDrone
+from agent.dock.mavlink import Change, MavlinkDecoder
+from agent.dock.mission import MissionLink, MissionUploader, Phase, as_dock_numbering
+from simulators.drone import SimDrone
+from simulators.flight import DroneState
 
 T0 = 1_780_000_000_000
 DOCK = (52.52, 13.405, 35.0)

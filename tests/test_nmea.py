@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.fix import Constellation, Fix, FixMode, Quality, TimeSource
-from agent.geo import distance_m
+from agent.checkin.geo import distance_m
 from agent.gnss.nmea import MAX_LINE, UERE_M, NmeaParser
+from contract.fix import Constellation, Fix, FixMode, Quality, TimeSource
 from simulators.nmea import checksum, gga, rmc
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "gpsd-nmea"

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peers import signed
 
 from agent.errors import StorageError
-from agent.fix import TimeSource
-from agent.outbox import Built, Outbox, Stored
-from agent.records import (
+from agent.store.outbox import Built, Outbox, Stored
+from contract.fix import TimeSource
+from contract.records import (
     ChainPosition,
     DroppedKey,
     Eviction,
@@ -289,7 +289,7 @@ def test_the_cap_never_evicts_checkins(tmp_path: Path, caplog: pytest.LogCapture
     cap = 2000
     box = Outbox(tmp_path / "o.db", "h0001", cap_bytes=cap, on_evict=on_evict)
     health = box.append(maker("h0001", RecordType.HEALTH), evictable=True)
-    with caplog.at_level(logging.WARNING, logger="agent.outbox"):
+    with caplog.at_level(logging.WARNING, logger="agent.store.outbox"):
         checkins = [box.append(maker("h0001")) for _ in range(40)]
     assert box.cap_exceeded
     assert box.stored_bytes > cap
@@ -326,7 +326,7 @@ def test_a_file_of_garbage_is_moved_aside_and_numbering_goes_on(
     old_boot, old_seq, _ = filled(path)
     garbage = os.urandom(path.stat().st_size)
     path.write_bytes(garbage)
-    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+    with caplog.at_level(logging.ERROR, logger="agent.store.outbox"):
         box = Outbox(path, "h0001")
     assert box.recovered_from is not None
     assert box.recovered_from.name.startswith("o.db.damaged-")
@@ -355,7 +355,7 @@ def test_a_truncated_database_is_moved_aside_and_numbering_goes_on(
     old_boot, old_seq, _ = filled(path, 600)
     size = path.stat().st_size
     os.truncate(path, size // 2)
-    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+    with caplog.at_level(logging.ERROR, logger="agent.store.outbox"):
         box = Outbox(path, "h0001")
     assert box.recovered_from is not None
     assert box.recovered_from.stat().st_size == size // 2
@@ -409,7 +409,7 @@ def test_a_lost_database_never_reuses_numbers(
     path = tmp_path / "o.db"
     old_boot, old_seq, _ = filled(path, 20)
     path.unlink()
-    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+    with caplog.at_level(logging.ERROR, logger="agent.store.outbox"):
         box = Outbox(path, "h0001")
     assert "missing" in caplog.text
     assert box.recovered_from is None
@@ -424,7 +424,7 @@ def test_an_unreadable_sidecar_is_moved_aside_and_rebuilt(
     path = tmp_path / "o.db"
     _, old_seq, _ = filled(path, 20)
     (tmp_path / "o.db.reserve").write_text("{not json")
-    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+    with caplog.at_level(logging.ERROR, logger="agent.store.outbox"):
         box = Outbox(path, "h0001")
     assert "unreadable" in caplog.text
     assert list(tmp_path.glob("o.db.reserve.damaged-*"))

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.outbox import Outbox
-from agent.records import chain_hash, open_record
+from agent.store.outbox import Outbox
+from contract.records import chain_hash, open_record
 
 REPO = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("outbox_writer.py")

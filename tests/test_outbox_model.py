@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from agent.fix import TimeSource
-from agent.outbox import Built, Outbox, Stored
-from agent.records import (
+from agent.store.outbox import Built, Outbox, Stored
+from contract.fix import TimeSource
+from contract.records import (
     ChainPosition,
     DroppedKey,
     Eviction,

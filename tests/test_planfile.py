@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.plan import Assignment, Line, Plan, Point, Tier, Window, Zone
-from agent.planfile import (
+from agent.checkin.plan import Assignment, Line, Plan, Point, Tier, Window, Zone
+from agent.checkin.planfile import (
     PlanError,
     check_file,
     check_plan,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import RemoteError
-from agent.protocol import (
+from contract.errors import RemoteError
+from contract.protocol import (
     ALL_RECORDS,
     MAX_BATCH,
     Ack,

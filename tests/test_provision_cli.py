@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.checkin.planfile import plan_to_geojson
 from agent.config import ConfigError, load_config
-from agent.enrollment import decode_bundle
-from agent.planfile import plan_to_geojson
+from contract.enrollment import decode_bundle
 from picket.provisioncmd import HANDLERS, add_agent_parsers, add_provision_parsers
 from provisioning.registry import Registry
 from simulators.district import generate_district

@@ -23,14 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.enroll import load_private
-from agent.outbox import Builder, Outbox
-from agent.protocol import Ack, Batch, Refusal, command_topic, records_topic
-from agent.records import RecordType
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions, UplinkTls
+from agent.identity.enroll import load_private
+from agent.store.outbox import Builder, Outbox
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
 from center.ingest import Ingest
 from center.service import KeyCache
 from center.store import CenterStore
+from contract.protocol import Ack, Batch, Refusal, command_topic, records_topic
+from contract.records import RecordType
+from contract.tls import BrokerTls
 from provisioning import ca
 from provisioning.fleet import Fleet
 from simulators.broker import Mosquitto
@@ -104,7 +105,7 @@ async def test_a_provisioned_device_syncs_over_tls(tls_fleet: TlsFleet) -> None:
 
 async def test_a_client_without_a_certificate_is_refused(tls_fleet: TlsFleet) -> None:
     cfg = tls_fleet.device("h0001")
-    anonymous = UplinkTls(cfg.tls.ca_path if cfg.tls else None).context()
+    anonymous = BrokerTls(cfg.tls.ca_path if cfg.tls else None).context()
     with pytest.raises(aiomqtt.MqttError):
         async with client(tls_fleet.broker, anonymous, "nobody"):
             pass
@@ -300,8 +301,8 @@ def test_a_tls_key_readable_by_others_is_refused(tls_fleet: TlsFleet) -> None:
 async def test_rotate_publishes_a_signed_rotation_the_device_receives(
     tls_fleet: TlsFleet, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from agent.commands import CommandType, CommandVerifier, RotateKeys
-    from agent.commands import Refusal as CommandRefusal
+    from contract.commands import CommandType, CommandVerifier, RotateKeys
+    from contract.commands import Refusal as CommandRefusal
     from picket.cli import main
 
     cfg = tls_fleet.device("h0001")

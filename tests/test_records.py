@@ -13,14 +13,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.cose import sign1
-from agent.device import checkin_body
-from agent.engine import CheckinEvent
-from agent.errors import RecordError
-from agent.fix import Fix, Quality, TimeSource
-from agent.plan import Point
-from agent.records import (
-    BODY_SCHEMA,
+from agent.checkin.device import checkin_body
+from agent.checkin.engine import CheckinEvent
+from agent.checkin.plan import Point
+from contract.cose import sign1
+from contract.errors import RecordError
+from contract.fix import Fix, Quality, TimeSource
+from contract.records import (
     TYPE_NAMES,
     AlertKey,
     AlertKind,
@@ -44,8 +43,8 @@ from agent.records import (
     peek_device,
     receipt_body,
     rollcall_body,
-    validate_body,
 )
+from contract.recordschema import BODY_SCHEMA, validate_body
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes.fromhex("5a" * 32))
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes.fromhex("a5" * 32))

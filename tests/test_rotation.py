@@ -24,9 +24,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import NameOID
 from peers import kill_child_at, running_center, wait_for
 
-from agent import rotation
-from agent.cmdexec import CommandExecutor
-from agent.commands import (
+from agent.checkin.device import DeviceAgent
+from agent.checkin.plan import Plan
+from agent.commands.executor import CommandExecutor
+from agent.config import load_config
+from agent.daemon import AgentRun
+from agent.gnss.timekeeper import Stamp
+from agent.health import store_health
+from agent.identity import rotation
+from agent.identity.enroll import load_private
+from agent.store.outbox import Outbox
+from center.commands import CommandSigner, publish, receipts
+from center.ingest import Ingest
+from center.rotation import collect_commitments, prepare_rotation, resend_rotation
+from center.store import CenterStore
+from contract.commands import (
     Command,
     CommandType,
     CommandVerifier,
@@ -37,18 +49,11 @@ from agent.commands import (
     command_payload,
     read_stored,
 )
-from agent.config import load_config
-from agent.cose import sign1
-from agent.daemon import AgentRun
-from agent.device import DeviceAgent
-from agent.enroll import load_private
-from agent.errors import RecordError
-from agent.fix import TimeSource
-from agent.health import store_health
-from agent.outbox import Outbox
-from agent.plan import Plan
-from agent.protocol import Ack, Batch, records_topic
-from agent.records import (
+from contract.cose import sign1
+from contract.errors import RecordError
+from contract.fix import TimeSource
+from contract.protocol import Ack, Batch, records_topic
+from contract.records import (
     Outcome,
     ReceiptKey,
     Record,
@@ -56,19 +61,14 @@ from agent.records import (
     health_body,
     open_record,
     receipt_body,
-    validate_body,
 )
-from agent.timekeeper import Stamp
-from center.commands import CommandSigner, publish, receipts
-from center.ingest import Ingest
-from center.store import CenterStore
+from contract.recordschema import validate_body
 from picket.argtypes import center_tls
 from provisioning import ca
 from provisioning.brokerconf import write_broker_config
 from provisioning.device import provision_device
 from provisioning.fleet import Fleet
 from provisioning.registry import ProvisioningError, fingerprint
-from provisioning.rotate import collect_commitments, prepare_rotation, resend_rotation
 from simulators.broker import Mosquitto
 from simulators.nmea import gga, rmc
 
@@ -616,7 +616,9 @@ def test_a_swap_interrupted_at_any_rename_is_completed_by_recovery(
         raise OSError("killed")
 
     with monkeypatch.context() as m:
-        m.setattr(os, "replace", replace)  # agent/rotation.py calls os.replace, shutil.rmtree
+        m.setattr(
+            os, "replace", replace
+        )  # agent/identity/rotation.py calls os.replace, shutil.rmtree
         m.setattr(shutil, "rmtree", rmtree)
         with pytest.raises(OSError, match="killed"):
             rotation.complete(site.folder)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pynmea2
 import pytest
 
-from agent.geo import distance_m, to_local
-from agent.plan import Line, Plan
+from agent.checkin.geo import distance_m, to_local
+from agent.checkin.plan import Line, Plan
 from simulators.district import generate_district
 from simulators.nmea import checksum, gga, rmc
 from simulators.walker import Visit, Walker

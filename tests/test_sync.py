@@ -10,12 +10,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from agent.fix import Fix, Quality, TimeSource
 from agent.health import HealthTimer, health_snapshot
-from agent.outbox import Stored
-from agent.protocol import Ack, Batch, Refusal
-from agent.records import HealthKey, RecordType, validate_body
-from agent.sync import SyncCore
+from agent.store.outbox import Stored
+from agent.uplink.sync import SyncCore
+from contract.fix import Fix, Quality, TimeSource
+from contract.protocol import Ack, Batch, Refusal
+from contract.records import HealthKey, RecordType
+from contract.recordschema import validate_body
 
 T = 1_000_000
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.fix import Fix, TimeSource
-from agent.outbox import Outbox
-from agent.timekeeper import TOLERANCE_MS, Stamp, TimeKeeper
+from agent.gnss.timekeeper import TOLERANCE_MS, Stamp, TimeKeeper
+from agent.store.outbox import Outbox
+from contract.fix import Fix, TimeSource
 
 T = 1_772_323_200_000  # 2026-03-01T00:00:00Z
 

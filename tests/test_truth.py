@@ -14,8 +14,8 @@ import statistics
 
 import pytest
 
-from agent.fix import Fix
-from agent.geo import to_local
+from agent.checkin.geo import to_local
+from contract.fix import Fix
 from picket import benchcmd
 from simulators.errors import (
     DROPOUT_S,
@@ -29,7 +29,8 @@ from simulators.errors import (
     draw_model,
     observe,
 )
-from simulators.truth import (
+from simulators.truth import run_bench, run_case
+from simulators.truthcases import (
     CYCLE_MPS,
     DRIVE_MPS,
     JUMP_M,
@@ -40,8 +41,6 @@ from simulators.truth import (
     Case,
     SpoofKind,
     make_case,
-    run_bench,
-    run_case,
 )
 
 N = 12  # cases per behaviour and condition in the label tests

@@ -27,14 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from peers import running_center, wait_for
 
-from agent.errors import LocalError
-from agent.fix import TimeSource
-from agent.outbox import Builder, Built, Outbox, Stored
-from agent.protocol import Batch, ack_topic, decode_ack, records_topic, state_topic
-from agent.records import ChainPosition, RecordType, build
-from agent.sync import SyncCore
-from agent.uplink import BrokerAddress, Uplink, UplinkOptions, UplinkTls
+from agent.store.outbox import Builder, Built, Outbox, Stored
+from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
+from agent.uplink.sync import SyncCore
 from center.audit import audit
+from contract.errors import LocalError
+from contract.fix import TimeSource
+from contract.protocol import Batch, ack_topic, decode_ack, records_topic, state_topic
+from contract.records import ChainPosition, RecordType, build
+from contract.tls import BrokerTls
 from provisioning.registry import Registry
 from simulators.broker import Mosquitto
 from simulators.proxy import LinkProxy
@@ -450,19 +451,19 @@ def _certificates(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_tls_context_from_the_device_certificate(tmp_path: Path) -> None:
     ca, cert, key = _certificates(tmp_path)
-    ctx = UplinkTls(ca, cert, key).context()
+    ctx = BrokerTls(ca, cert, key).context()
     assert ctx.verify_mode is ssl.CERT_REQUIRED
     assert ctx.check_hostname
     assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2
     assert ctx.get_ca_certs()[0]["subject"] == ((("commonName", "picket test CA"),),)
     box = Outbox(tmp_path / "o.db", "h0001")
     Uplink(
-        box, BrokerAddress("127.0.0.1", 8883), options=UplinkOptions(tls=UplinkTls(ca, cert, key))
+        box, BrokerAddress("127.0.0.1", 8883), options=UplinkOptions(tls=BrokerTls(ca, cert, key))
     )
     box.close()
     with pytest.raises(LocalError, match="without a certificate"):
-        UplinkTls(ca, None, key).context()
+        BrokerTls(ca, None, key).context()
     with pytest.raises(LocalError, match="cannot load"):
-        UplinkTls(ca, tmp_path / "missing.pem").context()
+        BrokerTls(ca, tmp_path / "missing.pem").context()
     with pytest.raises(LocalError, match="cannot load"):
-        UplinkTls(ca, cert, ca).context()  # a certificate where the key should be
+        BrokerTls(ca, cert, ca).context()  # a certificate where the key should be

@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import re
 
-from agent.fix import Constellation
+from contract.fix import Constellation
 
 KNOT_MPS = 1852.0 / 3600.0
 MS_PER_DAY = 86_400_000

@@ -1,14 +1,15 @@
 """gpsd's JSON protocol bytes in, `Fix` values out: a pure, incremental decoder.
 
 gpsd already did the receiver-specific work (binary protocols, cycle detection, week
-rollover), so this module only translates its reports into our `Fix`. It is built like
-the NMEA parser, sans-IO: fed whatever the socket delivers, it keeps a bounded line
-buffer and decodes one JSON object per line. Only two classes matter: a SKY report
-carries the dilution of precision and the satellites (used and in view), and each TPV
-report with a 2D/3D position becomes one `Fix`, completed with the latest SKY's figures
-(gpsd sends SKY less often than TPV). VERSION, DEVICES, WATCH and every other class are
-counted and ignored; a line that is not a JSON object, or a TPV with impossible values,
-is counted as malformed and never raised: a bad line costs that line, not the stream.
+rollover), so this module only translates its reports into our `Fix`. It is built like the
+NMEA parser, sans-IO: fed whatever the socket delivers, it keeps the same bounded line
+buffer (agent/gnss/lines.py) and decodes one JSON object per line. Only two classes
+matter: a SKY report carries the dilution of precision and the satellites (used and in
+view), and each TPV report with a 2D/3D position becomes one `Fix`, completed with the
+latest SKY's figures (gpsd sends SKY less often than TPV). VERSION, DEVICES, WATCH and
+every other class are counted and ignored; a line that is not a JSON object, or a TPV with
+impossible values, is counted as malformed and never raised: a bad line costs that line,
+not the stream.
 
 Accuracy: gpsd's `epx`/`epy`/`eph` are 95 % confidence figures, ours (`Fix.accuracy_m`)
 is a 1-sigma horizontal error, the same quantity NMEA GST gives. For a normal
@@ -26,9 +27,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agent.fix import Constellation, Fix, FixMode, Quality, TimeSource
 from agent.gnss import fields as f
+from agent.gnss.lines import LineSplitter
 from agent.gnss.nmea import UERE_M, Sky
+from contract.fix import Constellation, Fix, FixMode, Quality, TimeSource
 
 MAX_LINE = 32_768  # gpsd caps a report at 10240 bytes (GPS_JSON_RESPONSE_MAX); allow slack
 _START = b'{"class"'  # how every gpsd report begins: where to resynchronise after garbage
@@ -89,36 +91,21 @@ class GpsdDecoder:
     def __init__(self) -> None:
         self.stats = GpsdStats()
         self.sky = Sky()
-        self._buf = bytearray()
-        self._skipping = False  # inside an overlong line: drop bytes up to its end
+        self._lines = LineSplitter(MAX_LINE)  # an overlong line is dropped to its end
         self._figures = _SkyFigures()
 
     def feed(self, data: bytes) -> list[Fix]:
-        self._buf += data
+        lines, overflows = self._lines.feed(data)
         out: list[Fix] = []
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) > MAX_LINE:
-                    if not self._skipping:
-                        self.stats.overlong += 1
-                    self._skipping = True
-                    self._buf.clear()
-                return out
-            line = bytes(self._buf[:nl]).strip()
-            del self._buf[: nl + 1]
-            if self._skipping:
-                self._skipping = False  # the tail of an overlong line
-                continue
-            if line:
-                out.extend(self.feed_line(line))
+        for line in lines:
+            out.extend(self.feed_line(line))
+        self.stats.overlong += overflows
+        return out
 
     def flush(self) -> list[Fix]:
         """End of input: decode a last report that came without its line end."""
-        line, skipping = bytes(self._buf).strip(), self._skipping
-        self._buf.clear()
-        self._skipping = False
-        return self.feed_line(line) if line and not skipping else []
+        line = self._lines.flush()
+        return self.feed_line(line) if line else []
 
     def feed_line(self, line: bytes) -> list[Fix]:
         self.stats.lines += 1

@@ -1,16 +1,17 @@
 """NMEA 0183 (up to 4.11) bytes in, `Fix` values out: a pure, incremental parser.
 
 Fed whatever the transport delivers (split lines, merged lines, garbage between them), it
-keeps a bounded line buffer, checks checksums (a sentence with a wrong checksum is refused;
-one with none at all, as some old receivers send, is accepted and counted), and assembles
-the sentences of one receiver cycle into one `Fix`. A cycle is the run of sentences that
-share a time of day; sentences without one (GSA, GSV, VTG) join the cycle in progress. A
-cycle is complete when the next one starts, or earlier, once the parser has learnt which
-sentence type this receiver ends its cycles with (gpsd's trick): that keeps latency low
-without guessing. It never reads a clock: dates come from RMC or ZDA, the time of day from
-the sentences; a date before `not_before` by whole multiples of 1024 weeks is the GPS
-week-number rollover bug and is corrected (time source GNSS_ROLLOVER) when a correction
-lands after `not_before`, or the time is distrusted (None) when none does.
+keeps a bounded line buffer (agent/gnss/lines.py), checks checksums (a sentence with a
+wrong checksum is refused; one with none at all, as some old receivers send, is accepted
+and counted), and assembles the sentences of one receiver cycle into one `Fix`. A cycle is
+the run of sentences that share a time of day; sentences without one (GSA, GSV, VTG) join
+the cycle in progress. A cycle is complete when the next one starts, or earlier, once the
+parser has learnt which sentence type this receiver ends its cycles with (gpsd's trick):
+that keeps latency low without guessing. It never reads a clock: dates come from RMC or
+ZDA, the time of day from the sentences; a date before `not_before` by whole multiples of
+1024 weeks is the GPS week-number rollover bug and is corrected (time source
+GNSS_ROLLOVER) when a correction lands after `not_before`, or the time is distrusted
+(None) when none does.
 
 pynmea2 tokenises and checks the checksum; fields are converted here (agent/gnss/fields.py),
 since one unreadable field must cost that field, not the sentence.
@@ -25,8 +26,9 @@ from dataclasses import dataclass, field
 
 import pynmea2
 
-from agent.fix import Constellation, Fix, FixMode, Quality, TimeSource
 from agent.gnss import fields as f
+from agent.gnss.lines import LineSplitter
+from contract.fix import Constellation, Fix, FixMode, Quality, TimeSource
 
 UERE_M = 3.0  # user-equivalent range error: accuracy = HDOP × UERE_M when no GST is sent
 MAX_LINE = 128  # NMEA caps a sentence at 82 characters; allow proprietary slack
@@ -103,7 +105,7 @@ class NmeaParser:
         self.not_before = not_before
         self.stats = NmeaStats()
         self.sky = Sky()
-        self._buf = bytearray()
+        self._lines = LineSplitter(MAX_LINE, resync=b"$")  # keeps a sentence that has begun
         self._cycle = _Cycle()
         self._ender: str | None = None  # the sentence type that ends this receiver's cycles
         self._ender_seen: str | None = None  # candidate, seen ending one cycle so far
@@ -114,22 +116,12 @@ class NmeaParser:
     # -- bytes ---------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[Fix]:
-        self._buf += data
+        lines, overflows = self._lines.feed(data)
         out: list[Fix] = []
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) > MAX_LINE:
-                    # garbage with no line end: drop it, but keep a sentence that has begun
-                    start = self._buf.rfind(b"$")
-                    keep = start >= 0 and len(self._buf) - start <= MAX_LINE
-                    self.stats.malformed += 1
-                    del self._buf[: start if keep else None]
-                return out
-            line = bytes(self._buf[:nl]).strip()
-            del self._buf[: nl + 1]
-            if line:
-                out.extend(self.feed_line(line))
+        for line in lines:
+            out.extend(self.feed_line(line))
+        self.stats.malformed += overflows  # garbage with no line end, dropped
+        return out
 
     def flush(self) -> list[Fix]:
         """End of input: complete the cycle in progress."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agent.fix import Fix
+from contract.fix import Fix
 
 
 def iso_time(time_ms: int | None) -> str | None:

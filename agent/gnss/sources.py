@@ -30,7 +30,6 @@ import random
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
-from agent.fix import Fix
 from agent.gnss.gpsd import GpsdDecoder, GpsdStats
 from agent.gnss.nmea import NmeaParser, NmeaStats, Sky
 from agent.gnss.transports import (
@@ -46,7 +45,8 @@ from agent.gnss.urls import (
     SourceSpec,
     parse_source_url,
 )
-from agent.serialport import describe
+from contract.fix import Fix
+from contract.serialport import describe
 
 log = logging.getLogger(__name__)
 

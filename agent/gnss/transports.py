@@ -23,7 +23,7 @@ import os
 import socket
 from typing import BinaryIO, Protocol
 
-from agent.serialport import configure_raw
+from contract.serialport import configure_raw
 
 READ_SIZE = 4096
 FILE_CHUNK = 65_536

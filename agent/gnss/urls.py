@@ -17,14 +17,14 @@ import enum
 from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from agent.errors import LocalError
-from agent.serialport import STANDARD_BAUDS
+from agent.errors import AgentError
+from contract.serialport import STANDARD_BAUDS
 
 DEFAULT_BAUD = 9600
 GPSD_PORT = 2947
 
 
-class SourceError(LocalError):
+class SourceError(AgentError):
     """A GNSS source URL is wrong, or a file to replay cannot be read."""
 
 

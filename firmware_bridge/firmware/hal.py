@@ -1,7 +1,7 @@
 """The hardware the firmware logic may touch: small interfaces, one method per need.
 
 The logic (logic.py) sees only these; board_rp2.py implements them on an RP2040 with an
-SX1262, firmware_bridge/mcusim.py implements them in CPython behind a pseudo-terminal, and
+SX1262, simulators/mcusim.py implements them in CPython behind a pseudo-terminal, and
 the tests implement them inside real MicroPython. Every method is non-blocking: the main
 loop calls `Mcu.feed` and `Mcu.tick` often, and slow work (a radio transmission) reports
 completion by polling. Times are milliseconds from a monotonic clock the caller passes in.

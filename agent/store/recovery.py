@@ -1,0 +1,247 @@
+"""How the outbox outlives its file: the sidecar, damaged files moved aside, the chain resumed.
+
+These are the outbox's answers to losing the database, kept apart from the append and
+settle path (agent/store/outbox.py) because they run only when a file is opened, and read
+the file's layout (agent/store/schema.py) defensively, as a damaged file may hold anything.
+
+**Why a sidecar.** SQLite keeps the counters safe across crashes, not across the loss of
+the file. A damaged database is moved aside and a new one begun; counting from 1 again
+would hand the center repeated sequence numbers. NAME.reserve, a few bytes of JSON written
+atomically (temp file, fsync, rename, fsync of the directory), holds the highest boot ever
+begun and a sequence number no committed record has reached. It is moved RESERVE_BLOCK
+ahead before the commit that would pass it (two fsyncs per 4096 records) and written at
+every boot. A database begun afresh where records have been kept before starts at boot =
+reserved boot + 1 and seq = the reserved mark: numbers may skip, never repeat. When the
+damaged file's newest record can still be read, its hash becomes the new chain's previous
+hash, so the chain links across the break; otherwise the chain restarts (prev empty) and
+the log says so.
+
+**Why quick_check.** Opening runs `PRAGMA quick_check` on a read-only connection: it reads
+every page in O(N), where integrity_check also cross-checks indexes in O(N log N). A file
+that fails it, is not a database, or whose chain state is not whole, is renamed with its
+-wal and -shm to NAME.damaged-<UTC time> (never deleted nor written over), logged at ERROR
+and named by the outbox's `recovered_from`; the caller gets a working outbox, not an
+exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import StorageError
+from agent.store.schema import chain_from_meta, chain_in, storage_error
+from contract.records import ChainPosition
+
+log = logging.getLogger(__name__)
+
+RESERVE_BLOCK = 4096  # sequence numbers reserved per sidecar write
+_CORRUPT = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The sidecar: no boot above `boot` has begun, no record reached `seq_limit`."""
+
+    device: str
+    boot: int
+    seq_limit: int
+
+    @property
+    def used(self) -> bool:
+        return self.boot > 0 or self.seq_limit > 1
+
+
+@dataclass(frozen=True, slots=True)
+class Salvage:
+    """What a damaged file still tells: its counters, and its newest record's hash if readable."""
+
+    boot: int
+    seq: int
+    prev: bytes | None
+
+
+# --- the sidecar ----------------------------------------------------------------------------
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where the sidecar of the outbox at `path` lives."""
+    return path.with_name(path.name + ".reserve")
+
+
+def read_reserve(path: Path, device: str) -> Reservation | None:
+    """The sidecar of the outbox at `path`; None if there is none, or it was unreadable (then
+    it is moved aside)."""
+    reserve_path = sidecar_path(path)
+    try:
+        text = reserve_path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage_error(path, "cannot read sidecar", exc) from exc
+    try:
+        d = json.loads(text)
+        reserve = Reservation(d["device"], d["boot"], d["seq_limit"])
+        if not (
+            isinstance(reserve.device, str)
+            and all(type(v) is int and v >= 0 for v in (reserve.boot, reserve.seq_limit))
+        ):
+            raise TypeError(reserve)
+    except (ValueError, TypeError, KeyError) as exc:
+        aside = move_aside(reserve_path)
+        log.error("outbox sidecar %s is unreadable (%s): moved to %s", path, exc, aside)
+        return None
+    if reserve.device != device:
+        raise StorageError(f"{reserve_path} belongs to device {reserve.device!r}, not {device!r}")
+    return reserve
+
+
+def write_reserve(path: Path, device: str, boot: int, seq_limit: int) -> None:
+    """Atomically replace the sidecar: temp file, fsync, rename, fsync the directory."""
+    reserve_path = sidecar_path(path)
+    data = json.dumps({"device": device, "boot": boot, "seq_limit": seq_limit})
+    tmp = reserve_path.with_name(reserve_path.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(data + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(reserve_path)
+        fsync_dir(reserve_path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise storage_error(path, "cannot reserve sequence numbers", exc) from exc
+
+
+def resume_chain(
+    path: Path, reserve: Reservation | None, salvaged: Salvage | None, damaged: bool
+) -> ChainPosition:
+    """Where the chain of a database without chain state begins: brand new, or begun again
+    after a loss (`damaged`: the old file was moved aside), past every number used before."""
+    if not damaged and (reserve is None or not reserve.used):
+        return ChainPosition(boot=0, seq=1, prev=b"")
+    boot = max(reserve.boot if reserve else 0, salvaged.boot if salvaged else 0) + 1
+    seq = max(reserve.seq_limit if reserve else 1, salvaged.seq if salvaged else 1)
+    prev = salvaged.prev if salvaged else None
+    chain = ChainPosition(boot=boot, seq=seq, prev=prev or b"")
+    what = "the database was damaged" if damaged else "the database is missing or empty"
+    link = (
+        "the hash chain continues from the old file's newest record"
+        if prev is not None
+        else "the old file's newest record is unreadable: the chain restarts (prev empty)"
+    )
+    unsafe = "" if reserve else "; no sidecar either, so sequence numbers MAY REPEAT"
+    log.error(
+        "outbox %s: %s; continuing at boot %d, seq %d; %s%s",
+        path, what, chain.boot, chain.seq, link, unsafe,
+    )  # fmt: skip
+    return chain
+
+
+# --- damaged files --------------------------------------------------------------------------
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _CORRUPT
+
+
+def inspect(path: Path) -> tuple[str | None, Salvage | None]:
+    """Why the file at `path` is damaged (None: healthy or absent), and its salvaged chain.
+
+    Read-only, so that looking changes nothing in a damaged file (no checkpoint on close).
+    Errors that are not damage (a locked or unreadable file) raise: moving a good file
+    aside because of them would lose it.
+    """
+    if not path.exists():
+        orphans = [p for p in _companions(path) if p.exists()]
+        return (f"log without its database: {orphans[0].name}", None) if orphans else (None, None)
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StorageError(f"outbox {path}: cannot open: {exc}") from exc
+    try:
+        try:
+            result = [str(r[0]) for r in con.execute("PRAGMA quick_check").fetchall()]
+            damage = None if result == ["ok"] else "; ".join(result[:3])
+            if damage is None:
+                damage = _check_meta(con)
+        except sqlite3.Error as exc:
+            if not _is_corruption(exc):
+                raise StorageError(f"outbox {path}: cannot check: {exc}") from exc
+            damage = str(exc)
+        return (None, None) if damage is None else (damage, _salvage(con))
+    finally:
+        con.close()
+
+
+def _check_meta(con: sqlite3.Connection) -> str | None:
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables or "outbox" not in tables:
+        return None if not tables or tables <= {"meta", "outbox"} else "not an outbox"
+    meta = dict(con.execute("SELECT k, v FROM meta").fetchall())
+    (top,) = con.execute("SELECT max(seq) FROM outbox").fetchone()
+    if "device" not in meta:
+        return None if top is None else "records without chain state"
+    if chain_in(con, meta) is None:
+        return f"chain state malformed: {meta!r}"
+    return None
+
+
+def _salvage(con: sqlite3.Connection) -> Salvage | None:
+    """The chain state of a damaged file, as far as it can still be read."""
+    try:
+        con.execute("PRAGMA writable_schema = ON")  # read past a page count that is too large
+        meta = dict(con.execute("SELECT k, v FROM meta").fetchall())
+    except sqlite3.Error:
+        return None
+    chain = chain_from_meta(meta)
+    if chain is None:
+        return None
+    try:
+        newest = chain_in(con, meta)
+    except sqlite3.Error:  # meta alone may be behind: its prev could link to an old record
+        return Salvage(chain.boot, chain.seq, None)
+    return (
+        Salvage(chain.boot, chain.seq, None)
+        if newest is None
+        else Salvage(newest.boot, newest.seq, newest.prev)
+    )
+
+
+def _companions(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` (with its -wal and -shm) to PATH.damaged-<UTC time>; returns the new name."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    dest = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while any(p.exists() for p in (dest, *_companions(dest))):
+        dest = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        n += 1
+    try:  # the database first: a -wal left behind is an orphan, found and moved next time
+        for src, dst in zip((path, *_companions(path)), (dest, *_companions(dest)), strict=True):
+            if src.exists():
+                src.rename(dst)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise StorageError(f"outbox {path}: cannot move the damaged file aside: {exc}") from exc
+    return dest
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (its entry, not only the data)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,121 @@
+"""What a store does with a batch, before any SQL: its values, its protocol, its pure step.
+
+The ingest (center/ingest.py) hands a store the records of a batch that verified and the
+items it refused; the store answers with a `Saved`, what became of each record. Both stores
+(SQLite in center/store.py, PostgreSQL in center/pgstore.py) keep that promise the same
+way: for each device of the batch they read its chain state and the hashes of the sequence
+numbers it already holds, and `plan_device` decides, without touching the database, which
+records are new, which fork, and what the device's chain, outbox depth and dropped ranges
+become. The writes that follow are center/tables.py's, the same for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from center.chain import ChainState, Fork, ForkKind, Link, Placement, Verdict, place
+from center.snapshot import Presence, Snapshot
+from contract.records import DroppedKey, HealthKey, Record, RecordType
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedItem:
+    device: str | None
+    seq: int | None
+    reason: str
+    detail: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What one `save` did to each record, in order (every one is durable now), and the
+    forks it found. CONFLICT records went to `refused` with reason FORK."""
+
+    verdicts: tuple[Verdict, ...]
+    forks: tuple[Fork, ...] = ()
+
+    @property
+    def fresh(self) -> list[bool]:
+        return [v is Verdict.NEW for v in self.verdicts]
+
+
+class Store(Protocol):
+    def save(
+        self,
+        records: Sequence[Record],
+        refused: Sequence[RefusedItem],
+        now_ms: int,
+        keys: Sequence[tuple[str, bytes]] = (),
+    ) -> Saved: ...
+
+    def note_presence(
+        self, device: str, presence: Presence, now_ms: int, *, retained: bool = False
+    ) -> None:
+        """Keep the newest state message; a retained one (replayed on subscribe) only when
+        it changes the state, so a reconnect does not pass for the device being seen."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def close(self) -> None: ...
+
+
+# --- the pure step shared by the stores ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceWrite:
+    """What one device's share of a batch writes, decided before anything is written."""
+
+    placement: Placement
+    new: tuple[tuple[Record, Link], ...]
+    forked: tuple[RefusedItem, ...]
+    depth: tuple[int, int] | None  # (depth, time_ms) of the newest new HEALTH record
+    dropped: tuple[tuple[int, int, int], ...]  # (seq, first, last) of new DROPPED records
+
+
+def plan_device(
+    state: ChainState, records: Sequence[Record], links: Sequence[Link], stored: Mapping[int, bytes]
+) -> DeviceWrite:
+    done = place(state, links, stored)
+    new: list[tuple[Record, Link]] = []
+    forked: list[RefusedItem] = []
+    depth: tuple[int, int] | None = None
+    dropped: list[tuple[int, int, int]] = []
+    conflicts = iter(f for f in done.forks if f.kind is ForkKind.CONFLICT)
+    for rec, link, verdict in zip(records, links, done.verdicts, strict=True):
+        h = rec.header
+        if verdict is Verdict.CONFLICT:
+            fork = next(conflicts)
+            forked.append(
+                RefusedItem(
+                    h.device,
+                    h.seq,
+                    "FORK",
+                    f"another record is stored for sequence {h.seq} "
+                    f"(hash {fork.expected.hex()}, this one {fork.found.hex()})",
+                    rec.raw,
+                )
+            )
+        if verdict is not Verdict.NEW:
+            continue
+        new.append((rec, link))
+        if h.type is RecordType.HEALTH:
+            d = rec.body.get(HealthKey.DEPTH)
+            if isinstance(d, int) and (depth is None or h.time_ms >= depth[1]):
+                depth = (d, h.time_ms)
+        elif h.type is RecordType.DROPPED:
+            first, last = rec.body.get(DroppedKey.FIRST_SEQ), rec.body.get(DroppedKey.LAST_SEQ)
+            if isinstance(first, int) and isinstance(last, int):
+                dropped.append((h.seq, first, last))
+    return DeviceWrite(done, tuple(new), tuple(forked), depth, tuple(dropped))
+
+
+def by_device(records: Iterable[Record]) -> dict[str, list[int]]:
+    """Positions of the records of each device, in first-seen device order."""
+    out: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        out.setdefault(r.header.device, []).append(i)
+    return out

@@ -1,0 +1,116 @@
+"""What a store holds of each device, read back in one go: the rows `picket center status` reads.
+
+Both stores keep a device's chain state, its newest state message and its last reported
+outbox depth in small tables of their own (center/store.py, center/pgstore.py), moved on with
+every batch. `STATUS_QUERIES` reads those tables, the same SQL in SQLite and PostgreSQL, and
+`snapshot_of` turns the rows into values; center/status.py decides from them, for a given
+`now`, what each device is. These values sit apart from the status so that the stores, which
+make snapshots, and the status, which opens a store, need not import each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from center.chain import ChainState, Gap, merge
+
+# What a snapshot reads, by argument of `snapshot_of`: small tables only.
+STATUS_QUERIES = {
+    "chains": "SELECT device, records, last_seq, last_boot, last_hash, last_received_ms, "
+    "depth, depth_time_ms FROM chains",
+    "gaps": "SELECT device, first_seq, last_seq, below, above FROM gaps ORDER BY device, first_seq",
+    "forks": "SELECT device, count(*) FROM forks GROUP BY device",
+    "dropped": "SELECT device, first_seq, last_seq FROM dropped",
+    "presence": "SELECT device, state, state_ms FROM presence",
+    "refused": "SELECT reason, count(*) FROM refused GROUP BY reason",
+}
+
+
+class Presence(enum.Enum):
+    """A device's retained state message (picket/v1/{device}/up/state)."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device as the store holds it: chain state, presence, health."""
+
+    device: str
+    chain: ChainState
+    forks: int = 0
+    last_received_ms: int | None = None
+    depth: int | None = None
+    depth_time_ms: int | None = None
+    presence: Presence | None = None
+    presence_ms: int | None = None
+    dropped: tuple[tuple[int, int], ...] = ()  # merged (first, last) ranges evicted
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    devices: tuple[DeviceRow, ...]
+    refused: Mapping[str, int] = field(default_factory=dict)
+
+
+Row = Sequence[object]
+
+
+def snapshot_of(
+    *,
+    chains: Sequence[Row],
+    gaps: Sequence[Row],
+    forks: Sequence[Row],
+    dropped: Sequence[Row],
+    presence: Sequence[Row],
+    refused: Sequence[Row],
+) -> Snapshot:
+    """The rows of the status queries (the same in every store) as a `Snapshot`."""
+    gap_map: dict[str, list[Gap]] = {}
+    for device, first, last, below, above in gaps:
+        gap_map.setdefault(str(device), []).append(
+            Gap(_int(first), _int(last), None if below is None else _bytes(below), _bytes(above))
+        )
+    drop_map: dict[str, list[tuple[int, int]]] = {}
+    for device, first, last in dropped:
+        drop_map.setdefault(str(device), []).append((_int(first), _int(last)))
+    fork_map = {str(d): _int(n) for d, n in forks}
+    seen = {str(d): (Presence(str(s)), _int(ms)) for d, s, ms in presence}
+    rows: dict[str, DeviceRow] = {}
+    for device, records, last_seq, last_boot, last_hash, received, depth, depth_ms in chains:
+        name = str(device)
+        p = seen.get(name)
+        rows[name] = DeviceRow(
+            device=name,
+            chain=ChainState(
+                _int(records),
+                _int(last_seq),
+                _int(last_boot),
+                _bytes(last_hash),
+                tuple(gap_map.get(name, ())),
+            ),
+            forks=fork_map.get(name, 0),
+            last_received_ms=None if received is None else _int(received),
+            depth=None if depth is None else _int(depth),
+            depth_time_ms=None if depth_ms is None else _int(depth_ms),
+            presence=None if p is None else p[0],
+            presence_ms=None if p is None else p[1],
+            dropped=merge(drop_map.get(name, ())),
+        )
+    for name, (pres, ms) in seen.items():
+        if name not in rows:
+            rows[name] = DeviceRow(name, ChainState(), presence=pres, presence_ms=ms)
+    return Snapshot(tuple(rows[n] for n in sorted(rows)), {str(r): _int(n) for r, n in refused})
+
+
+def _int(v: object) -> int:
+    assert isinstance(v, int)
+    return v
+
+
+def _bytes(v: object) -> bytes:
+    assert isinstance(v, bytes | bytearray | memoryview)
+    return bytes(v)
