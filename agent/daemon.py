@@ -40,9 +40,10 @@ from agent.dock.run import TICK_S as DOCK_TICK_S
 from agent.dock.run import DockRole
 from agent.gnss.sources import GnssSource, SourceStatus, parse_source_url
 from agent.gnss.timekeeper import TimeKeeper
-from agent.health import health_snapshot, store_health
+from agent.health import health_snapshot, store_health, store_salvage_report
 from agent.identity import rotation
 from agent.radio.bridgelink import BridgeLink
+from agent.store.cmdfloor import FLOOR_NAME
 from agent.store.outbox import Outbox, Stored
 from agent.uplink.lorafallback import LoraFallback
 from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
@@ -101,9 +102,10 @@ class AgentRun:
         self.stop_event = self.stop_event or asyncio.Event()
         spec = parse_source_url(cfg.gnss_source)  # bad URL: refuse before touching anything
         plan = load_plan(cfg.plan_path) if cfg.plan_path else Plan(0, (), ())
-        cfg.load_key()  # a bad key or center key: refuse before touching anything
+        key = cfg.load_key()  # a bad key or center key: refuse before touching anything
         cfg.load_center_key()
-        outbox = Outbox(cfg.outbox_path, cfg.device)
+        # the record key proves what a damaged outbox still holds (agent/store/salvage.py)
+        outbox = Outbox(cfg.outbox_path, cfg.device, keys=[key.public_key()])
         try:
             parts = self._assemble(plan, outbox)
             reads_gnss = parts.dock is None or cfg.gnss_given
@@ -175,6 +177,7 @@ class AgentRun:
                 identity=identity,
                 on_rotated=uplink.reload_tls,
             )
+        parts.executor.keep_floor(cfg.key_path.parent / FLOOR_NAME)  # survives the outbox
         parts.executor.restore()
         uplink.on_command = parts.executor.on_command  # read when the uplink subscribes
         return parts
@@ -238,6 +241,7 @@ class AgentRun:
         while True:
             if dock is not None:
                 dock.observe_clock()
+            self._report_salvage(keeper, agent)
             now = keeper.now(self.mono_ms()).time_ms
             if now is not None:
                 offset = dt.timedelta(minutes=agent.plan.utc_offset_min)
@@ -256,6 +260,18 @@ class AgentRun:
                 else:
                     dock.tick(now)  # the dock ticks the engine itself
             await asyncio.sleep(TICK_S if dock is None else DOCK_TICK_S)
+
+    def _report_salvage(self, keeper: TimeKeeper, agent: DeviceAgent) -> None:
+        """Once the time is known, state what a damaged outbox lost (agent/health.py)."""
+        stamp = keeper.now(self.mono_ms())
+        if agent.outbox.salvage is None or stamp.time_ms is None:
+            return
+        stored = store_salvage_report(
+            agent.outbox, agent.key, time_ms=stamp.time_ms, time_source=stamp.source
+        )
+        if stored is not None:
+            agent.created[stored.type] += 1
+            agent.on_stored(stored)
 
     async def _health(
         self,

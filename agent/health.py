@@ -32,7 +32,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.store.outbox import Built, Outbox, Stored
 from contract.fix import Fix, Quality, TimeSource
-from contract.records import ChainPosition, RecordType, build, health_body
+from contract.records import (
+    ChainPosition,
+    DroppedKey,
+    Eviction,
+    RecordType,
+    build,
+    dropped_body,
+    health_body,
+)
 
 if TYPE_CHECKING:
     from agent.checkin.device import DeviceAgent
@@ -103,6 +111,37 @@ def store_health(
         return Built(RecordType.HEALTH, time_ms, raw)
 
     return outbox.append(make, evictable=True)
+
+
+def store_salvage_report(
+    outbox: Outbox, key: Ed25519PrivateKey, *, time_ms: int, time_source: TimeSource
+) -> Stored | None:
+    """State what the outbox put back from a damaged file (`outbox.salvage`): a DROPPED
+    record whose keys 16–18 are the numbers no record was found for (their sizes and types
+    unknown: 19 is 0, 20 empty) and key 21 the records put back (docs/records.md, "A damaged
+    outbox"). Nothing lost: no record, the report is only forgotten (the log said it)."""
+    report = outbox.salvage
+    if report is None:
+        return None
+    if not report.lost:
+        outbox.report_salvage(None)
+        return None
+    lost = Eviction(report.lost, report.first, report.last, 0, ())
+    body = {**dropped_body(lost), DroppedKey.SALVAGED: report.salvaged}
+
+    def make(pos: ChainPosition) -> Built:
+        raw = build(
+            key,
+            device=outbox.device,
+            chain=pos,
+            rtype=RecordType.DROPPED,
+            time_ms=time_ms,
+            time_source=time_source,
+            body=body,
+        )
+        return Built(RecordType.DROPPED, time_ms, raw)
+
+    return outbox.report_salvage(make)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ become. The writes that follow are center/tables.py's, the same for both.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,6 +20,14 @@ from center.chain import ChainState, Fork, ForkKind, Link, Placement, Verdict, p
 from center.snapshot import Presence, Snapshot
 from contract.records import DroppedKey, HealthKey, Record, RecordType
 
+# What `refused` keeps of input that no key of the device signed: its first bytes (every
+# ordinary record whole), its size and its SHA-256, never the whole of a message that can
+# be megabytes of junk. What a device's key signed (a fork, a malformed body, a record
+# signed after its key's revocation) is kept whole: it is evidence, and at most a record's
+# size (contract/bounds.py's MAX_RECORD, 1 KiB).
+REFUSED_PREFIX = 256
+MAX_DETAIL = 1000  # characters of a refusal's detail (it may quote what was refused)
+
 
 @dataclass(frozen=True, slots=True)
 class RefusedItem:
@@ -26,7 +35,31 @@ class RefusedItem:
     seq: int | None
     reason: str
     detail: str
-    raw: bytes
+    raw: bytes  # what is kept: the whole input, or its first REFUSED_PREFIX bytes
+    size: int = -1  # of the whole input; -1: len(raw)
+    digest: bytes = b""  # SHA-256 of the whole input; b"": of raw
+
+    @classmethod
+    def of(
+        cls,
+        device: str | None,
+        seq: int | None,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        *,
+        whole: bool = False,
+    ) -> RefusedItem:
+        """The item for refused input `payload`, kept `whole` or cut to its prefix."""
+        kept = payload if whole else payload[:REFUSED_PREFIX]
+        digest = hashlib.sha256(payload).digest()
+        return cls(device, seq, reason, detail[:MAX_DETAIL], kept, len(payload), digest)
+
+    def row(self, now_ms: int) -> tuple[object, ...]:
+        """The `refused` table row, in the column order of tables.write_refused."""
+        size = len(self.raw) if self.size < 0 else self.size
+        digest = self.digest or hashlib.sha256(self.raw).digest()
+        return (self.device, self.seq, self.reason, self.detail, self.raw, now_ms, size, digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +123,14 @@ def plan_device(
         if verdict is Verdict.CONFLICT:
             fork = next(conflicts)
             forked.append(
-                RefusedItem(
+                RefusedItem.of(
                     h.device,
                     h.seq,
                     "FORK",
                     f"another record is stored for sequence {h.seq} "
                     f"(hash {fork.expected.hex()}, this one {fork.found.hex()})",
                     rec.raw,
+                    whole=True,
                 )
             )
         if verdict is not Verdict.NEW:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from center.errors import CenterDbError
 from center.readonly import check_center, open_readonly
+from contract.keyfiles import check_replaceable
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ def export(db: Path, out: Path | BinaryIO) -> Exported:
     try:
         if not isinstance(out, Path):
             return _write(con, out)
+        check_replaceable(out)  # never a device (/dev/null) or a folder
         part = out.with_name(f".{out.name}.part")
         try:
             with part.open("wb") as f:

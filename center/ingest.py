@@ -9,10 +9,18 @@ be accepted and deletes the rest.
 
 A correctly signed record whose body does not fit its type (`validate_body`) is refused as
 MALFORMED: the signature proves who wrote it, not that it states anything readable. So is
-one whose sequence number is 0 (they start at 1) or whose numbers do not fit a database
-integer (64 bits, signed): refusing is better than a store that fails on them. The key
-that verified a stored record is stored with it (the `devices` table), once per process
-and key.
+one whose sequence number is 0 (they start at 1). The key that verified a stored record is
+stored with it (the `devices` table), once per process and key.
+
+**Hostile input.** One bad record must never stop the center: every size and number is
+bounded by the contract where it is decoded (contract/bounds.py), so nothing out of range
+reaches SQL, and a bound crossed is a refusal with a reason, never an exception out of
+`handle`. A batch over MAX_BATCH_BYTES and a record over MAX_RECORD (1 KiB) are refused
+before they are decoded; a record whose header is out of bounds (a time past 2200, a
+sequence number past 2**53 - 1) as MALFORMED, naming its sequence number whenever that can
+be read, so the device stops resending it. The
+`refused` table keeps what was refused whole when it is a record of legitimate size
+(evidence), else its first bytes, its size and its SHA-256 (center/batch.py).
 
 A record is decoded once: the COSE envelope, then the payload, then the signature is
 checked over the decoded parts (what `open_record` does, without decoding twice). This is
@@ -42,10 +50,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from center.batch import RefusedItem, Store
 from center.chain import Verdict
+from contract.bounds import MAX_RECORD
 from contract.cose import decode_sign1, sig_structure
 from contract.errors import RecordError, RemoteError
 from contract.protocol import Ack, Refusal, decode_batch, device_of_topic
-from contract.records import Record, parse_payload
+from contract.records import Record, claimed_seq, parse_payload
 from contract.recordschema import validate_body
 from provisioning.registry import KeyEntry
 
@@ -53,7 +62,6 @@ Trust = Ed25519PublicKey | Sequence[KeyEntry] | None
 
 log = logging.getLogger(__name__)
 
-INT64_MAX = 2**63 - 1
 # Refusals that a registry read a moment later could turn around (a cached key history).
 STALE_KEYS = frozenset({Refusal.BAD_SIGNATURE.name, Refusal.UNKNOWN_DEVICE.name})
 
@@ -98,7 +106,9 @@ class Ingest:
             self.stats.bad_batches += 1
             level = logging.WARNING if self.stats.bad_batches == 1 else logging.DEBUG
             log.log(level, "refused message on %s: %s", topic, exc)
-            self.store.save([], [RefusedItem(None, None, "BAD_BATCH", str(exc), payload)], now_ms)
+            self.store.save(
+                [], [RefusedItem.of(None, None, "BAD_BATCH", str(exc), payload)], now_ms
+            )
             return None
         good: list[Record] = []
         refused: list[RefusedItem] = []
@@ -169,20 +179,24 @@ def check_record(
     """One record from `device`'s topic: the verified record and the key that verified it,
     or why it is refused.
 
-    A record whose claimed header cannot be read is refused without a sequence number (the
+    A record whose claimed sequence number cannot be read is refused without one (the
     device cannot be told which one it was); every other refusal names its sequence.
     """
+    malformed = Refusal.MALFORMED.name
+    if len(raw) > MAX_RECORD:
+        detail = f"record of {len(raw)} bytes: at most {MAX_RECORD}"
+        return RefusedItem.of(device, None, malformed, detail, raw)
     try:
         msg = decode_sign1(raw)
+    except RecordError as exc:
+        return RefusedItem.of(device, None, malformed, str(exc), raw)
+    try:
         rec = parse_payload(msg.payload, raw)
     except RecordError as exc:
-        return RefusedItem(device, None, Refusal.MALFORMED.name, str(exc), raw)
+        return RefusedItem.of(device, claimed_seq(msg.payload), malformed, str(exc), raw)
     h = rec.header
-    if max(h.seq, h.boot, h.time_ms) > INT64_MAX:
-        return RefusedItem(
-            device, None, Refusal.MALFORMED.name, "sequence, boot or time beyond 2**63 - 1", raw
-        )
     entries = trusted(keys)
+    verified = False  # a key of the device signed it: kept whole, as evidence
     if h.device != device:
         reason, detail = Refusal.WRONG_DEVICE, f"record names {h.device!r}"
     elif not entries:
@@ -190,6 +204,7 @@ def check_record(
     else:
         signed = sig_structure(msg.protected, msg.payload)
         entry = next((e for e in entries if _verifies(e.key, msg.signature, signed)), None)
+        verified = entry is not None
         if entry is None:
             reason, detail = Refusal.BAD_SIGNATURE, "signature does not verify"
         elif entry.revoked_ms is not None and h.time_ms >= entry.revoked_ms:
@@ -204,7 +219,7 @@ def check_record(
                 reason, detail = Refusal.MALFORMED, str(exc)
             else:
                 return rec, entry.key
-    return RefusedItem(device, h.seq, reason.name, detail, raw)
+    return RefusedItem.of(device, h.seq, reason.name, detail, raw, whole=verified)
 
 
 def _verifies(key: Ed25519PublicKey, signature: bytes, signed: bytes) -> bool:

@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS refused (
     reason TEXT NOT NULL,
     detail TEXT NOT NULL,
     raw BYTEA NOT NULL,
-    received_ms BIGINT NOT NULL
+    received_ms BIGINT NOT NULL,
+    size BIGINT,  -- of what was refused; raw may hold only its first bytes
+    sha256 BYTEA  -- SHA-256 of what was refused
 );
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT NOT NULL,
@@ -165,6 +167,7 @@ class PgStore:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(SCHEMA)
+                tables.upgrade_refused(_Pg(conn))
                 tables.complete_chains(_Pg(conn))
         except psycopg.Error as exc:
             self.close()

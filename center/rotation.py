@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -127,14 +128,15 @@ def _commitment(fleet: Fleet, device: str, receipt: Record) -> tuple[bytes, byte
     if any(other.public_key == key for other in fleet.registry.entries()):
         log.warning("%s: rotation receipt announces another device's key", device)
         return None
-    try:
+    try:  # a CSR that parses can still hold a damaged or unknown key or signature
         csr = x509.load_der_x509_csr(csr_der)
-    except ValueError:
-        log.warning("%s: rotation receipt: the next CSR is not DER", device)
+        public = csr.public_key()
+        valid = csr.is_signature_valid
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
+        log.warning("%s: rotation receipt: the next CSR is not a readable DER request", device)
         return None
-    public = csr.public_key()
     if (
-        not csr.is_signature_valid
+        not valid
         or not isinstance(public, ec.EllipticCurvePublicKey)
         or public.curve.name != "secp256r1"
     ):

@@ -20,6 +20,12 @@ supervisor reconnects after a backoff.
 
 Database calls run on one thread of their own, one at a time, so the event loop never
 waits on a COMMIT's fsync, nor on another worker holding SQLite's write lock.
+
+A message can be as large as the broker lets a client publish (Mosquitto: 256 MiB). The
+center tells the broker, in its CONNECT (MQTT 5 Maximum Packet Size), to send it nothing
+over `MAX_PACKET` bytes, a little more than the largest batch (contract/bounds.py), so junk
+of a hundred megabytes never reaches its memory; a message between the batch limit and
+that is refused by the ingest before it is decoded, and kept as a prefix and a digest.
 """
 
 from __future__ import annotations
@@ -37,12 +43,15 @@ from pathlib import Path
 from typing import TypeVar
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from center.batch import Store
 from center.database import open_store
 from center.errors import StoreError
 from center.ingest import Ingest, Trust
 from center.snapshot import Presence
+from contract.bounds import MAX_BATCH_BYTES
 from contract.errors import RemoteError
 from contract.protocol import ALL_RECORDS, ALL_RELAYED, PREFIX, ack_topic, device_of_topic
 from provisioning.registry import KeyEntry, Registry
@@ -50,6 +59,9 @@ from provisioning.registry import KeyEntry, Registry
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "picket-center"
+# The largest MQTT packet the center takes: a batch at its limit, with room for the fixed
+# header, the topic and the properties.
+MAX_PACKET = MAX_BATCH_BYTES + 65_536
 ALL_STATES = f"{PREFIX}/+/up/state"
 
 T = TypeVar("T")
@@ -204,6 +216,8 @@ class CenterService:
             self._cache.close()
 
     async def _session(self) -> None:
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.MaximumPacketSize = MAX_PACKET
         async with aiomqtt.Client(
             self.host,
             self.port,
@@ -212,6 +226,7 @@ class CenterService:
             keepalive=30,
             timeout=10,
             tls_context=self.tls,
+            properties=connect,
         ) as client:
             await client.subscribe(self.records_filter, qos=1)
             await client.subscribe(self.relayed_filter, qos=1)

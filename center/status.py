@@ -133,9 +133,15 @@ def read_status(
 
 
 def _iso(ms: int | None) -> str | None:
+    """An ISO 8601 UTC time, or None. Defensive: a database may hold a time from before the
+    contract bounded them (a record's time in the year 292278994); such a time is shown as
+    None here, and its milliseconds beside it where the JSON has them."""
     if ms is None:
         return None
-    t = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    try:
+        t = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
     return t.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -157,6 +163,7 @@ def as_json(status: Status) -> dict[str, object]:
                 "forks": d.forks,
                 "outbox_depth": d.depth,
                 "outbox_depth_at": _iso(d.depth_time_ms),
+                "outbox_depth_at_ms": d.depth_time_ms,
             }
             for d in status.devices
         ],

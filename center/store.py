@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS refused (
     reason TEXT NOT NULL,
     detail TEXT NOT NULL,
     raw BLOB NOT NULL,
-    received_ms INTEGER NOT NULL
+    received_ms INTEGER NOT NULL,
+    size INTEGER,  -- of what was refused; raw may hold only its first bytes
+    sha256 BLOB  -- SHA-256 of what was refused
 );
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT NOT NULL,
@@ -185,6 +187,7 @@ class CenterStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            tables.upgrade_refused(self._sql)
             tables.complete_chains(self._sql)
             db.execute("COMMIT")
         except BaseException:

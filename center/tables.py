@@ -237,10 +237,31 @@ def write_keys(sql: Sql, keys: Sequence[tuple[str, bytes]], now_ms: int) -> None
 
 def write_refused(sql: Sql, refused: Sequence[RefusedItem], now_ms: int) -> None:
     sql.run_many(
-        "INSERT INTO refused (device, seq, reason, detail, raw, received_ms) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [(x.device, x.seq, x.reason, x.detail, x.raw, now_ms) for x in refused],
+        "INSERT INTO refused (device, seq, reason, detail, raw, received_ms, size, sha256) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [x.row(now_ms) for x in refused],
     )
+
+
+# Columns added to `refused` after its first version: NULL in the rows written before.
+REFUSED_ADDED = {
+    "size": {Dialect.SQLITE: "INTEGER", Dialect.POSTGRESQL: "BIGINT"},
+    "sha256": {Dialect.SQLITE: "BLOB", Dialect.POSTGRESQL: "BYTEA"},
+}
+_COLUMNS = {
+    Dialect.SQLITE: "SELECT name FROM pragma_table_info('refused')",
+    Dialect.POSTGRESQL: "SELECT column_name FROM information_schema.columns "
+    "WHERE table_name = 'refused' AND table_schema = current_schema()",
+}
+
+
+def upgrade_refused(sql: Sql) -> None:
+    """Add the columns of `REFUSED_ADDED` to a `refused` table made before them. Run in the
+    store's write transaction, after the CREATE TABLEs; the rows already there are kept."""
+    have = {str(name) for (name,) in sql.rows(_COLUMNS[sql.dialect])}
+    for column, types in REFUSED_ADDED.items():
+        if column not in have:
+            sql.run(f"ALTER TABLE refused ADD COLUMN {column} {types[sql.dialect]}")
 
 
 def write_presence(

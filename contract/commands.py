@@ -14,6 +14,10 @@ answered, so republishing captured commands cannot fill a device's outbox with r
 A fresh, signed, addressed command is answered exactly once, even when it is refused
 (expired, or not understood): the receipt tells the center its number was used.
 
+Every header value is bounded (`HEADER_SCHEMA`, kinds of contract/bounds.py): a number of
+2**63 or a time past 2200 is MALFORMED, never a value that reaches the device's outbox; a
+command over MAX_COMMAND bytes is refused before it is decoded.
+
 Keys a command type does not define are refused, not ignored (unlike records): a command
 that says more than the device understands must not be carried out halfway.
 
@@ -38,6 +42,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from contract import bounds as b
 from contract.cose import decode_sign1, sig_structure, strict_loads
 from contract.errors import RecordError
 from contract.protocol import DEVICE_ID
@@ -325,36 +330,44 @@ def _uint(v: object) -> bool:
     return type(v) is int and v >= 0
 
 
+# Keys 1-6: their kinds (contract/bounds.py); a command number is a sequence number from 1.
+NUMBER = b.uint(b.SEQ_MAX, f"an integer 1..{b.SEQ_MAX}")
+HEADER_SCHEMA: Mapping[int, tuple[str, b.Kind]] = {
+    CommandKey.TYPE: ("type", b.CODE),
+    CommandKey.TARGET: ("target device", b.DEVICE_ID_KIND),
+    CommandKey.TEAM: ("team", b.ID_TEXT),
+    CommandKey.NUMBER: ("number", NUMBER),
+    CommandKey.ISSUED: ("issued", b.TIME),
+    CommandKey.EXPIRES: ("expires", b.TIME),
+}
+
+
 def _header(m: Mapping[object, object]) -> tuple[int, str, str | None, int, int, int]:
     """Keys 1-6, or RecordError: without them nothing about the command can be trusted."""
+    for key, (name, kind) in HEADER_SCHEMA.items():
+        if key != CommandKey.TEAM or key in m:
+            b.check(kind, m.get(key), f"key {key} ({name})")
     ctype, target, team = m.get(1), m.get(2), m.get(3, None)
     number, issued, expires = m.get(4), m.get(5), m.get(6)
-    if not _uint(ctype):
-        raise RecordError("key 1 (type) must be an unsigned integer")
-    if not isinstance(target, str) or not target:
-        raise RecordError("key 2 (target device) must be non-empty text")
-    if team is not None and not isinstance(team, str):
-        raise RecordError("key 3 (team) must be text")
-    if not _uint(number) or number == 0:
-        raise RecordError("key 4 (number) must be an integer from 1")
-    if not _uint(issued) or not _uint(expires):
-        raise RecordError("keys 5 and 6 (issued, expires) must be times in ms")
-    assert isinstance(ctype, int) and isinstance(number, int)
+    if number == 0:
+        raise RecordError(f"key 4 (number) must be {NUMBER.what}")
+    assert isinstance(ctype, int) and isinstance(number, int) and isinstance(target, str)
     assert isinstance(issued, int) and isinstance(expires, int)
+    assert team is None or isinstance(team, str)
     return ctype, target, team, number, issued, expires
 
 
 def _only(m: Mapping[object, object], keys: Sequence[int]) -> None:
     extra = sorted(k for k in m if isinstance(k, int) and k not in HEADER_KEYS and k not in keys)
     if extra:
-        raise _Invalid(f"unknown key {extra[0]}")
+        raise _Invalid(f"unknown key {b.shown(extra[0])}")
 
 
 def _task_bundle(m: Mapping[object, object]) -> Body:
     _only(m, (16, 17, 18))
     version, date, lines = m.get(16), m.get(17), m.get(18)
-    if not _uint(version):
-        raise _Invalid("task bundle: plan version must be an unsigned integer")
+    if not b.fits(b.COUNT32, version):
+        raise _Invalid(f"task bundle: plan version must be {b.COUNT32.what}")
     assert isinstance(version, int)
     if not isinstance(date, str) or not _DATE.fullmatch(date):
         raise _Invalid("task bundle: date must be YYYY-MM-DD")
@@ -364,7 +377,9 @@ def _task_bundle(m: Mapping[object, object]) -> Body:
         raise _Invalid(f"task bundle: no such date {date}") from None
     if not isinstance(lines, list | tuple) or not 1 <= len(lines) <= MAX_LINES:
         raise _Invalid(f"task bundle: lines must be 1..{MAX_LINES} line ids")
-    if not all(isinstance(x, str) and x for x in lines) or len(set(lines)) != len(lines):
+    if not all(isinstance(x, str) and x and b.fits(b.ID_TEXT, x) for x in lines):
+        raise _Invalid(f"task bundle: a line id must be non-empty {b.ID_TEXT.what}")
+    if len(set(lines)) != len(lines):
         raise _Invalid("task bundle: lines must be distinct line ids")
     return TaskBundle(version, day, tuple(str(x) for x in lines))
 
@@ -393,7 +408,7 @@ def _config_change(m: Mapping[object, object]) -> Body:
     out: dict[str, int | str] = {}
     for name, value in settings.items():
         if not isinstance(name, str) or name not in SETTINGS:
-            raise _Invalid(f"unknown setting {name!r}")
+            raise _Invalid(f"unknown setting {b.shown(name)}")
         problem = SETTINGS[name].problem(name, value)
         if problem is not None:
             raise _Invalid(problem)
@@ -409,7 +424,7 @@ def _rotate_keys(m: Mapping[object, object]) -> Body:
         raise _Invalid(f"key rotation: key 16 must be a certificate of 1..{MAX_CERT} bytes")
     try:
         x509.load_der_x509_certificate(cert)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
         raise _Invalid("key rotation: key 16 is not a DER X.509 certificate") from None
     return RotateKeys(cert)
 
@@ -481,6 +496,10 @@ class CommandVerifier:
 
         Never raises for anything in `raw`: every input is a Command or a Refusal.
         """
+        if len(raw) > b.MAX_COMMAND:
+            return Refusal(
+                Reason.MALFORMED, f"{len(raw)} bytes: a command is at most {b.MAX_COMMAND}"
+            )
         try:
             msg = decode_sign1(raw)
         except RecordError as exc:
@@ -495,7 +514,7 @@ class CommandVerifier:
         except RecordError as exc:
             return Refusal(Reason.MALFORMED, str(exc))
         if target != self.device:
-            return Refusal(Reason.MISADDRESSED, f"command {number} is for {target!r}")
+            return Refusal(Reason.MISADDRESSED, f"command {number} is for {b.shown(target)}")
         if number <= last_number:
             detail = f"command {number} is not after {last_number}, the last answered"
             return Refusal(Reason.REPLAY, detail, number, ctype)

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from contract import bounds as b
 from contract.cose import decode_sign1, sig_structure, sign1, strict_loads
 from contract.errors import RecordError, RemoteError
 from contract.protocol import DEVICE_ID
@@ -62,13 +63,17 @@ def fleet_fingerprint(center_key: bytes) -> str:
 def _csr(der: object, what: str) -> x509.CertificateSigningRequest:
     if not isinstance(der, bytes):
         raise EnrollmentError(f"{what} is not a byte string")
-    try:
+    try:  # InvalidVersion is not a ValueError
         csr = x509.load_der_x509_csr(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise EnrollmentError(f"{what} is not a DER certificate request: {exc}") from exc
-    if not csr.is_signature_valid:
+    try:  # a request that parses can still hold a damaged or unknown key or signature
+        valid = csr.is_signature_valid
+        key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise EnrollmentError(f"{what}: its key or signature cannot be read: {exc}") from exc
+    if not valid:
         raise EnrollmentError(f"{what}: its signature does not verify")
-    key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise EnrollmentError(f"{what} is not for an EC P-256 key")
     return csr
@@ -98,6 +103,15 @@ def _uint(m: Mapping[object, object], key: str) -> int:
     return v
 
 
+def _time(m: Mapping[object, object], key: str) -> int:
+    """A time in ms, within the contract's bound of every time (contract/bounds.py)."""
+    v = m.get(key)
+    if not b.fits(b.TIME, v):
+        raise EnrollmentError(f"{key!r} must be {b.TIME.what}")
+    assert isinstance(v, int)
+    return v
+
+
 def _open(raw: bytes, kind: str, key_field: str) -> tuple[Mapping[object, object], bytes]:
     """Decode, check kind and version, and verify under the key the message carries."""
     what = "enrollment request" if kind == REQUEST_KIND else "bundle"
@@ -114,9 +128,11 @@ def _open(raw: bytes, kind: str, key_field: str) -> tuple[Mapping[object, object
     if not isinstance(inner, dict):
         raise EnrollmentError(f"{what}: payload is not a map")
     if inner.get("kind") != kind:
-        raise EnrollmentError(f"not a Picket {what} (kind {inner.get('kind')!r})")
+        raise EnrollmentError(f"not a Picket {what} (kind {b.shown(inner.get('kind'))})")
     if inner.get("v") != VERSION:
-        raise EnrollmentError(f"{what} version {inner.get('v')!r}; this Picket reads {VERSION}")
+        raise EnrollmentError(
+            f"{what} version {b.shown(inner.get('v'))}; this Picket reads {VERSION}"
+        )
     public = _bytes(inner, key_field, 32)
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(
@@ -183,7 +199,7 @@ def decode_request(raw: bytes) -> Request:
         raise EnrollmentError("the next signing key repeats the current one")
     return Request(
         public, csr, next_key, next_csr, facts, _bytes(m, "nonce", NONCE_LEN),
-        _uint(m, "created_ms"), raw,
+        _time(m, "created_ms"), raw,
     )  # fmt: skip
 
 
@@ -242,10 +258,10 @@ def decode_bundle(raw: bytes) -> Bundle:
     device = _text(m, "device")
     assert device is not None
     if not DEVICE_ID.fullmatch(device):
-        raise EnrollmentError(f"bundle names an invalid device id {device!r}")
+        raise EnrollmentError(f"bundle names an invalid device id {b.shown(device)}")
     port = _uint(m, "broker_port")
     if not 0 < port < 65536:
-        raise EnrollmentError(f"bundle broker port {port} is out of range")
+        raise EnrollmentError(f"bundle broker port {b.shown(port)} is out of range")
     plan = m.get("plan")
     if plan is not None and not isinstance(plan, bytes):
         raise EnrollmentError("'plan' must be a byte string")
@@ -259,7 +275,7 @@ def decode_bundle(raw: bytes) -> Bundle:
         center_key=center,
         broker_host=_text(m, "broker_host") or "",
         broker_port=port,
-        issued_ms=_uint(m, "issued_ms"),
+        issued_ms=_time(m, "issued_ms"),
         tier=_text(m, "tier", optional=True),
         team=_text(m, "team", optional=True),
         plan=plan,
@@ -267,6 +283,6 @@ def decode_bundle(raw: bytes) -> Bundle:
     try:
         bundle.certificate()
         bundle.ca_certificate()
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise EnrollmentError(f"bundle certificate is not DER X.509: {exc}") from None
     return bundle

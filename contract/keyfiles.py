@@ -7,6 +7,7 @@ replace the file atomically after an fsync, so a power cut leaves the old key or
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -25,8 +26,20 @@ def too_open(path: Path, what: str) -> str | None:
     )
 
 
+def check_replaceable(path: Path) -> None:
+    """OSError unless `path` is absent or a regular file: an atomic write replaces what is
+    there, and a device (/dev/null), a folder or a socket must never be replaced by a file."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EEXIST, "exists and is not a regular file; name a new file", str(path))
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret: mode 0600 from creation, replacing `path` atomically."""
+    check_replaceable(path)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -42,6 +55,8 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def write_public(path: Path, data: bytes) -> None:
+    """Write a public file (certificate, CRL, bundle), replacing `path` atomically."""
+    check_replaceable(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)

@@ -3,25 +3,29 @@
 A device publishes only under picket/v1/{device}/up/... and receives only under
 picket/v1/{device}/down/..., so broker access rules can confine each device to its own
 subtree. Both payloads are small CBOR maps with integer keys; decoding is strict and
-raises `RemoteError` naming what was wrong.
+raises `RemoteError` naming what was wrong. Every number and size is bounded
+(contract/bounds.py): a message over its size is refused before it is decoded, and a batch
+id or sequence number beyond 2**53 - 1 never reaches a store.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeGuard
 
 import cbor2
 
+from contract import bounds as b
 from contract.cose import strict_loads
 from contract.errors import RecordError, RemoteError
 
 PREFIX = "picket/v1"
-DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MAX_BATCH = 256
+DEVICE_ID = b.DEVICE_ID
+MAX_BATCH = b.MAX_BATCH  # records in a batch
+MAX_BATCH_BYTES = b.MAX_BATCH_BYTES  # a batch, before it is decoded
+MAX_ACK_BYTES = b.MAX_ACK_BYTES
 
 
 def records_topic(device: str) -> str:
@@ -55,7 +59,7 @@ ALL_RELAYED = f"{PREFIX}/+/up/relayed"
 def device_of_topic(topic: str) -> str:
     parts = topic.split("/")
     if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != PREFIX or not DEVICE_ID.fullmatch(parts[2]):
-        raise RemoteError(f"topic {topic!r} is not picket/v1/{{device}}/...")
+        raise RemoteError(f"topic {b.shown(topic)} is not picket/v1/{{device}}/...")
     return parts[2]
 
 
@@ -90,7 +94,9 @@ class Ack:
         )
 
 
-def _map(data: bytes, what: str) -> Mapping[object, object]:
+def _map(data: bytes, what: str, limit: int) -> Mapping[object, object]:
+    if len(data) > limit:
+        raise RemoteError(f"{what} of {len(data)} bytes: at most {limit}")
     try:
         m = strict_loads(data)
     except RecordError as exc:
@@ -100,50 +106,62 @@ def _map(data: bytes, what: str) -> Mapping[object, object]:
     return m
 
 
-def _uint(v: object) -> TypeGuard[int]:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
 def _array(v: object) -> TypeGuard[Sequence[object]]:
     return isinstance(v, Sequence) and not isinstance(v, bytes | str)
 
 
+def _seq(v: object) -> TypeGuard[int]:
+    return b.fits(b.SEQ, v)
+
+
+_BATCH_ID = f"key 1 (batch id) must be {b.SEQ.what}"
+_RECORDS = f"key 2 must be an array of at most {MAX_BATCH} byte strings (records)"
+
+
 def decode_batch(data: bytes) -> Batch:
-    m = _map(data, "batch")
+    """A batch, at most MAX_BATCH_BYTES (refused before decoding), of at most MAX_BATCH
+    records. A record over MAX_RECORD is the ingest's to refuse, alone: the rest of the
+    batch is good for all that."""
+    m = _map(data, "batch", MAX_BATCH_BYTES)
     bid, recs = m.get(1), m.get(2)
-    if not _uint(bid):
-        raise RemoteError("batch: key 1 (batch id) must be an unsigned integer")
-    if not _array(recs):
-        raise RemoteError("batch: key 2 must be an array of byte strings (records)")
-    records = tuple(r for r in recs if isinstance(r, bytes))
-    if len(records) != len(recs):
-        raise RemoteError("batch: key 2 must be an array of byte strings (records)")
-    if len(records) > MAX_BATCH:
+    if not _seq(bid):
+        raise RemoteError(f"batch: {_BATCH_ID}")
+    if not _array(recs) or not all(isinstance(r, bytes) for r in recs):
+        raise RemoteError(f"batch: {_RECORDS}")
+    if len(recs) > MAX_BATCH:
         raise RemoteError(f"batch: more than {MAX_BATCH} records")
-    return Batch(bid, records)
+    return Batch(bid, tuple(r for r in recs if isinstance(r, bytes)))
 
 
 def decode_ack(data: bytes) -> Ack:
-    m = _map(data, "ack")
+    """An acknowledgement: at most MAX_ACK_BYTES, a batch id and sequence numbers each
+    within 2**53 - 1, at most MAX_BATCH of each list, known refusal reasons."""
+    m = _map(data, "ack", MAX_ACK_BYTES)
     bid, stored, refused = m.get(1), m.get(2, []), m.get(3, [])
-    if not _uint(bid):
-        raise RemoteError("ack: key 1 (batch id) must be an unsigned integer")
-    if not _array(stored):
-        raise RemoteError("ack: key 2 must be an array of sequence numbers")
-    seqs = tuple(s for s in stored if _uint(s))
-    if len(seqs) != len(stored):
-        raise RemoteError("ack: key 2 must be an array of sequence numbers")
+    if not _seq(bid):
+        raise RemoteError(f"ack: {_BATCH_ID}")
+    if not _array(stored) or len(stored) > MAX_BATCH or not all(_seq(s) for s in stored):
+        raise RemoteError(
+            f"ack: key 2 must be an array of at most {MAX_BATCH} sequence numbers, "
+            f"each {b.SEQ.what}"
+        )
+    seqs = tuple(s for s in stored if _seq(s))
+    pairs = f"ack: key 3 must be an array of at most {MAX_BATCH} [seq, reason] pairs"
+    if not _array(refused) or len(refused) > MAX_BATCH:
+        raise RemoteError(pairs)
     out: list[tuple[int, Refusal]] = []
-    if not _array(refused):
-        raise RemoteError("ack: key 3 must be an array of [seq, reason] pairs")
     for item in refused:
         if not _array(item) or len(item) != 2:
-            raise RemoteError("ack: key 3 must be an array of [seq, reason] pairs")
+            raise RemoteError(pairs)
         seq, why = item
-        if not _uint(seq) or not _uint(why):
-            raise RemoteError("ack: key 3 must be an array of [seq, reason] pairs")
-        try:
-            out.append((seq, Refusal(why)))
-        except ValueError as exc:
-            raise RemoteError(f"ack: unknown refusal reason {why!r}") from exc
+        if not _seq(seq):
+            raise RemoteError(f"ack: key 3: a refused sequence number must be {b.SEQ.what}")
+        if type(why) is not int:
+            raise RemoteError(pairs)
+        if why not in _REASONS:
+            raise RemoteError(f"ack: unknown refusal reason {b.shown(why)}")
+        out.append((seq, Refusal(why)))
     return Ack(bid, seqs, tuple(out))
+
+
+_REASONS = frozenset(int(r) for r in Refusal)

@@ -13,6 +13,11 @@ point and suspicion builders live beside the engine events they read
 (agent/checkin/device.py), the dock state and mission builders beside the dock's state
 machine (agent/dock/machine.py).
 
+`parse_payload` checks the header against the contract's bounds (contract/bounds.py): a
+payload over MAX_RECORD is refused before it is decoded, and a sequence number past 2**53 - 1
+or a time past 2200 is a RecordError naming the key, never a value that reaches a store.
+`claimed_seq` reads the sequence number alone, so a refusal can still name it.
+
 `build` lays out the COSE_Sign1 bytes itself instead of calling `contract.cose.sign1`:
 the protected header, the Sig_structure prefix and the envelope prefix are constants, so
 a record costs one Ed25519 signature plus a few microseconds of encoding. The output is
@@ -30,6 +35,7 @@ from typing import NamedTuple
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from contract import bounds as b
 from contract.cose import COSE_SIGN1_TAG, PROTECTED_EDDSA, decode_sign1, strict_loads, verify1
 from contract.errors import RecordError
 from contract.fix import Fix, Quality, TimeSource
@@ -148,6 +154,7 @@ class DroppedKey(enum.IntEnum):
     LAST_SEQ = 18
     BYTES = 19
     TYPES = 20
+    SALVAGED = 21  # a damaged outbox: the records read back from it and sent again
 
 
 class DockStateKey(enum.IntEnum):
@@ -408,44 +415,73 @@ def build(
 # --- decoding -----------------------------------------------------------------------------------
 
 
-def _uint(m: Mapping[object, object], k: int, name: str) -> int:
+def _bounded(m: Mapping[object, object], k: int, name: str, kind: b.Kind) -> object:
     v = m.get(k)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise RecordError(f"key {k} ({name}) must be an unsigned integer")
+    b.check(kind, v, f"key {k} ({name})")
     return v
 
 
-def parse_payload(payload: bytes, raw: bytes) -> Record:
+def _code(m: Mapping[object, object], k: int, name: str) -> int:
+    v = _bounded(m, k, name, b.CODE)
+    assert isinstance(v, int)
+    return v
+
+
+def _uint(m: Mapping[object, object], k: int, name: str, kind: b.Kind) -> int:
+    v = _bounded(m, k, name, kind)
+    assert isinstance(v, int)
+    return v
+
+
+def _payload_map(payload: bytes) -> Mapping[object, object]:
+    if len(payload) > b.MAX_RECORD:
+        raise RecordError(f"payload of {len(payload)} bytes: a record is at most {b.MAX_RECORD}")
     m = strict_loads(payload)
     if not isinstance(m, Mapping):
         raise RecordError("payload is not a CBOR map")
     if not all(isinstance(k, int) and not isinstance(k, bool) for k in m):
         raise RecordError("payload keys must be integers")
+    return m
+
+
+def parse_payload(payload: bytes, raw: bytes) -> Record:
+    """The record in `payload`, its header checked against the bounds of contract/bounds.py
+    (RecordError naming the first key out of them); the body is checked by `validate_body`."""
+    m = _payload_map(payload)
     try:
-        rtype = RecordType(_uint(m, Key.TYPE, "type"))
+        rtype = RecordType(_code(m, Key.TYPE, "type"))
     except ValueError as exc:
-        raise RecordError(f"unknown record type {m.get(Key.TYPE)!r}") from exc
-    device = m.get(Key.DEVICE)
-    if not isinstance(device, str) or not device:
-        raise RecordError("key 2 (device) must be non-empty text")
+        raise RecordError(f"unknown record type {b.shown(m.get(Key.TYPE))}") from exc
+    device = _bounded(m, Key.DEVICE, "device", b.DEVICE_ID_KIND)
+    assert isinstance(device, str)
     prev = m.get(Key.PREV)
     if not isinstance(prev, bytes) or len(prev) not in (0, PREV_LEN):
         raise RecordError("key 5 (prev) must be 0 or 16 bytes")
     try:
-        source = TimeSource(_uint(m, Key.TIME_SOURCE, "time source"))
+        source = TimeSource(_code(m, Key.TIME_SOURCE, "time source"))
     except ValueError as exc:
-        raise RecordError(f"unknown time source {m.get(Key.TIME_SOURCE)!r}") from exc
+        raise RecordError(f"unknown time source {b.shown(m.get(Key.TIME_SOURCE))}") from exc
     header = Header(
         type=rtype,
         device=device,
-        boot=_uint(m, Key.BOOT, "boot"),
-        seq=_uint(m, Key.SEQ, "sequence"),
+        boot=_uint(m, Key.BOOT, "boot", b.BOOT),
+        seq=_uint(m, Key.SEQ, "sequence", b.SEQ),
         prev=prev,
-        time_ms=_uint(m, Key.TIME, "time"),
+        time_ms=_uint(m, Key.TIME, "time", b.TIME),
         time_source=source,
     )
     body = {k: v for k, v in m.items() if isinstance(k, int) and k >= 16}
     return Record(header, body, raw)
+
+
+def claimed_seq(payload: bytes) -> int | None:
+    """The sequence number a payload claims, if it has one within bounds, however wrong
+    the rest is: so a refusal can name it and the device stops sending the record."""
+    try:
+        seq = _payload_map(payload).get(Key.SEQ)
+    except RecordError:
+        return None
+    return seq if isinstance(seq, int) and b.fits(b.SEQ, seq) else None
 
 
 def peek_device(raw: bytes) -> str:

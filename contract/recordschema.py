@@ -11,10 +11,10 @@ end needs it, and it reads records' keys without adding to them.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from contract import bounds as b
 from contract.errors import RecordError
 from contract.records import (
     TYPE_NAMES,
@@ -34,57 +34,33 @@ from contract.records import (
 LAT_E7_MAX = 900_000_000
 LON_E7_MAX = 1_800_000_000
 
-
-class Kind(enum.Enum):
-    """The value types a body key can have; the value is how an error message names it."""
-
-    UINT = "an unsigned integer"
-    INT = "an integer"
-    TEXT = "text"
-    LAT = "an integer within ±90° × 10⁷"
-    LON = "an integer within ±180° × 10⁷"
-    PERCENT = "an unsigned integer up to 100"
-    CHALLENGE = "a byte string or an unsigned integer"
-    TYPES = "an array of unsigned integers"
-    IDS = "an array of text"
-    KEY = "a byte string of 32 bytes"
-    BYTES = "a non-empty byte string"
-
-
-def _fits(kind: Kind, v: object) -> bool:
-    if isinstance(v, bool):  # a CBOR true/false is never a number here (bool is an int subclass)
-        return False
-    if kind is Kind.TEXT:
-        return isinstance(v, str)
-    if kind is Kind.CHALLENGE:
-        return isinstance(v, bytes) or (isinstance(v, int) and v >= 0)
-    if kind is Kind.TYPES:
-        return isinstance(v, list | tuple) and all(_fits(Kind.UINT, t) for t in v)
-    if kind is Kind.IDS:
-        return isinstance(v, list | tuple) and all(isinstance(t, str) for t in v)
-    if kind is Kind.KEY:
-        return isinstance(v, bytes) and len(v) == 32
-    if kind is Kind.BYTES:
-        return isinstance(v, bytes) and len(v) > 0
-    if not isinstance(v, int):
-        return False
-    if kind is Kind.LAT:
-        return abs(v) <= LAT_E7_MAX
-    if kind is Kind.LON:
-        return abs(v) <= LON_E7_MAX
-    if kind is Kind.PERCENT:
-        return 0 <= v <= 100
-    return kind is Kind.INT or v >= 0
+# The kinds of body values (contract/bounds.py has the shared ones and says why each bound).
+LAT = b.sint(-LAT_E7_MAX, LAT_E7_MAX, "an integer within ±90° × 10⁷")
+LON = b.sint(-LON_E7_MAX, LON_E7_MAX, "an integer within ±180° × 10⁷")
+# 16 random bytes, or a command number
+CHALLENGE = b.Kind(
+    b.Shape.BYTES_OR_UINT,
+    0,
+    64,
+    b.SEQ,
+    f"a byte string or an unsigned integer (at most 64 bytes, up to {b.SEQ_MAX})",
+)
+TYPES = b.Kind(  # record types, each once
+    b.Shape.ARRAY, 0, b.CODE_MAX, b.CODE, "an array of unsigned integers (at most 255, each ≤ 255)"
+)
+IDS = b.array(b.ID_TEXT, 100)  # a line's points missed (a drone flies a few)
+KEY = b.byte_string(32, 32)
+CSR = b.byte_string(800, 1)  # DER; a P-256 one is about 250 bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Field:
     name: str
-    kind: Kind
+    kind: b.Kind
     required: bool = False
 
 
-def _req(name: str, kind: Kind) -> Field:
+def _req(name: str, kind: b.Kind) -> Field:
     return Field(name, kind, required=True)
 
 
@@ -92,86 +68,87 @@ def _req(name: str, kind: Kind) -> Field:
 # allowed and ignored (later versions of the contract add keys; they never change these).
 BODY_SCHEMA: Mapping[RecordType, Mapping[int, Field]] = {
     RecordType.CHECKIN: {
-        CheckinKey.POINT: _req("point", Kind.TEXT),
-        CheckinKey.PLAN_VERSION: Field("plan version", Kind.UINT),
-        CheckinKey.DWELL_S: Field("dwell", Kind.UINT),
-        CheckinKey.LAT_E7: Field("latitude", Kind.LAT),
-        CheckinKey.LON_E7: Field("longitude", Kind.LON),
-        CheckinKey.ACCURACY_DM: Field("accuracy", Kind.UINT),
-        CheckinKey.FIXES: Field("fixes", Kind.UINT),
-        CheckinKey.VERDICT: Field("verdict", Kind.UINT),
-        CheckinKey.MAX_SPEED_DMPS: Field("max speed", Kind.UINT),
-        CheckinKey.DRONE: Field("drone", Kind.TEXT),
+        CheckinKey.POINT: _req("point", b.ID_TEXT),
+        CheckinKey.PLAN_VERSION: Field("plan version", b.COUNT32),
+        CheckinKey.DWELL_S: Field("dwell", b.COUNT32),
+        CheckinKey.LAT_E7: Field("latitude", LAT),
+        CheckinKey.LON_E7: Field("longitude", LON),
+        CheckinKey.ACCURACY_DM: Field("accuracy", b.COUNT32),
+        CheckinKey.FIXES: Field("fixes", b.COUNT32),
+        CheckinKey.VERDICT: Field("verdict", b.CODE),
+        CheckinKey.MAX_SPEED_DMPS: Field("max speed", b.COUNT32),
+        CheckinKey.DRONE: Field("drone", b.ID_TEXT),
     },
     RecordType.MISSED: {
-        MissedKey.POINT: _req("point", Kind.TEXT),
-        MissedKey.PLAN_VERSION: _req("plan version", Kind.UINT),
-        MissedKey.LINE: _req("line", Kind.TEXT),
-        MissedKey.WINDOW_START: Field("window start", Kind.UINT),
-        MissedKey.WINDOW_END: Field("window end", Kind.UINT),
+        MissedKey.POINT: _req("point", b.ID_TEXT),
+        MissedKey.PLAN_VERSION: _req("plan version", b.COUNT32),
+        MissedKey.LINE: _req("line", b.ID_TEXT),
+        MissedKey.WINDOW_START: Field("window start", b.TIME),
+        MissedKey.WINDOW_END: Field("window end", b.TIME),
     },
     RecordType.SUSPICION: {
-        SuspicionKey.KIND: _req("kind", Kind.UINT),
-        SuspicionKey.LAT_E7: _req("latitude", Kind.LAT),
-        SuspicionKey.LON_E7: _req("longitude", Kind.LON),
-        SuspicionKey.DETAIL: _req("detail", Kind.TEXT),
+        SuspicionKey.KIND: _req("kind", b.CODE),
+        SuspicionKey.LAT_E7: _req("latitude", LAT),
+        SuspicionKey.LON_E7: _req("longitude", LON),
+        SuspicionKey.DETAIL: _req("detail", b.FREE_TEXT),
     },
     RecordType.HEALTH: {
-        HealthKey.DEPTH: _req("outbox depth", Kind.UINT),
-        HealthKey.OLDEST_UNSENT_S: Field("oldest unsent", Kind.UINT),
-        HealthKey.CLOCK_SOURCE: Field("clock source", Kind.UINT),
-        HealthKey.FIX_QUALITY: Field("fix quality", Kind.UINT),
-        HealthKey.SATELLITES: Field("satellites", Kind.UINT),
-        HealthKey.BATTERY_PCT: Field("battery", Kind.PERCENT),
-        HealthKey.BATTERY_MV: Field("battery voltage", Kind.UINT),
-        HealthKey.RSSI_DBM: Field("link quality", Kind.INT),
-        HealthKey.UPTIME_S: Field("uptime", Kind.UINT),
+        HealthKey.DEPTH: _req("outbox depth", b.COUNT32),
+        HealthKey.OLDEST_UNSENT_S: Field("oldest unsent", b.COUNT32),
+        HealthKey.CLOCK_SOURCE: Field("clock source", b.CODE),
+        HealthKey.FIX_QUALITY: Field("fix quality", b.CODE),
+        HealthKey.SATELLITES: Field("satellites", b.CODE),
+        HealthKey.BATTERY_PCT: Field("battery", b.PERCENT),
+        HealthKey.BATTERY_MV: Field("battery voltage", b.COUNT32),
+        HealthKey.RSSI_DBM: Field("link quality", b.INT32),
+        HealthKey.UPTIME_S: Field("uptime", b.COUNT32),
     },
     RecordType.ROLLCALL: {
-        RollcallKey.CHALLENGE: _req("challenge", Kind.CHALLENGE),
-        RollcallKey.LAT_E7: Field("latitude", Kind.LAT),
-        RollcallKey.LON_E7: Field("longitude", Kind.LON),
-        RollcallKey.ACCURACY_DM: Field("accuracy", Kind.UINT),
-        RollcallKey.FIX_TIME: Field("fix time", Kind.UINT),
+        RollcallKey.CHALLENGE: _req("challenge", CHALLENGE),
+        RollcallKey.LAT_E7: Field("latitude", LAT),
+        RollcallKey.LON_E7: Field("longitude", LON),
+        RollcallKey.ACCURACY_DM: Field("accuracy", b.COUNT32),
+        RollcallKey.FIX_TIME: Field("fix time", b.TIME),
     },
     RecordType.ALERT: {
-        AlertKey.KIND: _req("kind", Kind.UINT),
-        AlertKey.LAT_E7: Field("latitude", Kind.LAT),
-        AlertKey.LON_E7: Field("longitude", Kind.LON),
-        AlertKey.ACCURACY_DM: Field("accuracy", Kind.UINT),
-        AlertKey.BATTERY_PCT: Field("battery", Kind.PERCENT),
+        AlertKey.KIND: _req("kind", b.CODE),
+        AlertKey.LAT_E7: Field("latitude", LAT),
+        AlertKey.LON_E7: Field("longitude", LON),
+        AlertKey.ACCURACY_DM: Field("accuracy", b.COUNT32),
+        AlertKey.BATTERY_PCT: Field("battery", b.PERCENT),
     },
     RecordType.RECEIPT: {
-        ReceiptKey.COMMAND: _req("command", Kind.UINT),
-        ReceiptKey.COMMAND_TYPE: _req("command type", Kind.UINT),
-        ReceiptKey.OUTCOME: _req("outcome", Kind.UINT),
-        ReceiptKey.REASON: Field("reason", Kind.TEXT),
-        ReceiptKey.NEXT_SIGNING_KEY: Field("next signing key", Kind.KEY),
-        ReceiptKey.NEXT_CSR: Field("next certificate request", Kind.BYTES),
+        ReceiptKey.COMMAND: _req("command", b.SEQ),
+        ReceiptKey.COMMAND_TYPE: _req("command type", b.CODE),
+        ReceiptKey.OUTCOME: _req("outcome", b.CODE),
+        ReceiptKey.REASON: Field("reason", b.FREE_TEXT),
+        ReceiptKey.NEXT_SIGNING_KEY: Field("next signing key", KEY),
+        ReceiptKey.NEXT_CSR: Field("next certificate request", CSR),
     },
     RecordType.DROPPED: {
-        DroppedKey.COUNT: _req("count", Kind.UINT),
-        DroppedKey.FIRST_SEQ: _req("first sequence", Kind.UINT),
-        DroppedKey.LAST_SEQ: _req("last sequence", Kind.UINT),
-        DroppedKey.BYTES: _req("bytes", Kind.UINT),
-        DroppedKey.TYPES: _req("types", Kind.TYPES),
+        DroppedKey.COUNT: _req("count", b.SEQ),
+        DroppedKey.FIRST_SEQ: _req("first sequence", b.SEQ),
+        DroppedKey.LAST_SEQ: _req("last sequence", b.SEQ),
+        DroppedKey.BYTES: _req("bytes", b.BYTES_COUNT),
+        DroppedKey.TYPES: _req("types", TYPES),
+        DroppedKey.SALVAGED: Field("salvaged", b.SEQ),
     },
     RecordType.DOCK_STATE: {
-        DockStateKey.STATE: _req("state", Kind.UINT),
-        DockStateKey.PREVIOUS: _req("previous state", Kind.UINT),
-        DockStateKey.REASON: Field("reason", Kind.TEXT),
-        DockStateKey.BATTERY_PCT: Field("battery", Kind.PERCENT),
-        DockStateKey.LINE: Field("line", Kind.TEXT),
+        DockStateKey.STATE: _req("state", b.CODE),
+        DockStateKey.PREVIOUS: _req("previous state", b.CODE),
+        DockStateKey.REASON: Field("reason", b.FREE_TEXT),
+        DockStateKey.BATTERY_PCT: Field("battery", b.PERCENT),
+        DockStateKey.LINE: Field("line", b.ID_TEXT),
     },
     RecordType.MISSION: {
-        MissionKey.LINE: _req("line", Kind.TEXT),
-        MissionKey.COMMAND: _req("command", Kind.UINT),
-        MissionKey.OUTCOME: _req("outcome", Kind.UINT),
-        MissionKey.REACHED: _req("points reached", Kind.UINT),
-        MissionKey.MISSED: _req("points missed", Kind.IDS),
-        MissionKey.FLIGHT_S: Field("flight time", Kind.UINT),
-        MissionKey.BATTERY_USED_PCT: Field("battery used", Kind.PERCENT),
-        MissionKey.PRIORITY: Field("priority", Kind.UINT),
+        MissionKey.LINE: _req("line", b.ID_TEXT),
+        MissionKey.COMMAND: _req("command", b.SEQ),
+        MissionKey.OUTCOME: _req("outcome", b.CODE),
+        MissionKey.REACHED: _req("points reached", b.COUNT32),
+        MissionKey.MISSED: _req("points missed", IDS),
+        MissionKey.FLIGHT_S: Field("flight time", b.COUNT32),
+        MissionKey.BATTERY_USED_PCT: Field("battery used", b.PERCENT),
+        MissionKey.PRIORITY: Field("priority", b.CODE),
     },
 }
 
@@ -191,8 +168,8 @@ def validate_body(rtype: RecordType, body: Mapping[int, object]) -> None:
         if key not in body:
             if f.required:
                 raise RecordError(f"{what} record lacks key {key} ({f.name})")
-        elif not _fits(f.kind, body[key]):
-            raise RecordError(f"{what} key {key} ({f.name}) must be {f.kind.value}")
+        elif not b.fits(f.kind, body[key]):
+            raise RecordError(f"{what} key {key} ({f.name}) must be {f.kind.what}")
     pair = POSITION_KEYS.get(rtype)
     if pair is not None and (pair[0] in body) != (pair[1] in body):
         raise RecordError(f"{what} keys {pair[0]} and {pair[1]} (position) come together or not")

@@ -10,21 +10,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.errors import LocalError
+from contract.keyfiles import too_open
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerTls:
     """TLS to the broker: trust `ca_path` (the system store when None) and, when given,
-    present this client's certificate (`cert_path`, with `key_path` unless the key is in it)."""
+    present this client's certificate (`cert_path`, with `key_path` unless the key is in it).
+    The file holding the key must be readable by its owner alone, as every private key is
+    (contract/keyfiles.py); `check_key` says why not, and `context` refuses it."""
 
     ca_path: Path | None = None
     cert_path: Path | None = None
     key_path: Path | None = None
 
+    def check_key(self) -> str | None:
+        """Why the file holding the TLS key must not be used, or None. OSError if it cannot be
+        looked at."""
+        key = self.key_path or self.cert_path
+        return None if key is None else too_open(key, "TLS key")
+
     def context(self) -> ssl.SSLContext:
         if self.key_path is not None and self.cert_path is None:
             raise LocalError(f"TLS: key {self.key_path} given without a certificate")
         try:
+            problem = self.check_key()
+            if problem is not None:
+                raise LocalError(problem)
             ctx = ssl.create_default_context(
                 cafile=None if self.ca_path is None else str(self.ca_path)
             )

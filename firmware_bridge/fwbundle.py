@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from contract.bounds import shown
 from contract.cose import decode_sign1, sign1, strict_loads, verify1
 from contract.errors import RecordError, RemoteError
 from firmware_bridge.errors import BridgeError
@@ -89,17 +90,26 @@ def open_bundle(
     if not isinstance(doc, Mapping):
         raise BundleError("firmware bundle payload is not a CBOR map")
     if doc.get("kind") != KIND:
-        raise BundleError(f"not a firmware bundle: kind {doc.get('kind')!r}, expected {KIND!r}")
+        raise BundleError(
+            f"not a firmware bundle: kind {shown(doc.get('kind'))}, expected {KIND!r}"
+        )
     if doc.get("v") != FORMAT or isinstance(doc.get("v"), bool):
-        raise BundleError(f"firmware bundle format {doc.get('v')!r}; this agent reads {FORMAT}")
+        raise BundleError(
+            f"firmware bundle format {shown(doc.get('v'))}; this agent reads {FORMAT}"
+        )
     unknown = sorted(
-        str(k) for k in set(doc) - {"kind", "v", "version", "board", "image", "sha256"}
+        k if isinstance(k, str) else shown(k)
+        for k in set(doc) - {"kind", "v", "version", "board", "image", "sha256"}
     )
     if unknown:
-        raise BundleError(f"firmware bundle has unknown field(s) {', '.join(unknown)}")
+        names = ", ".join(shown(k, 40) if len(k) > 40 else k for k in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise BundleError(f"firmware bundle has unknown field(s) {names}{more}")
     got_board = doc.get("board")
     if got_board != board:
-        raise BundleError(f"firmware bundle is for board {got_board!r}; this device is {board!r}")
+        raise BundleError(
+            f"firmware bundle is for board {shown(got_board)}; this device is {board!r}"
+        )
     version = doc.get("version")
     if (
         not isinstance(version, Sequence)
@@ -107,7 +117,7 @@ def open_bundle(
         or len(version) != 3
         or not all(type(v) is int and 0 <= v <= 255 for v in version)
     ):
-        raise BundleError(f"firmware bundle version {version!r} is not three numbers 0-255")
+        raise BundleError(f"firmware bundle version {shown(version)} is not three numbers 0-255")
     image = doc.get("image")
     digest = doc.get("sha256")
     if not isinstance(image, bytes) or not image or len(image) > MAX_IMAGE:

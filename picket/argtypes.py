@@ -6,6 +6,8 @@ import argparse
 import ssl
 from pathlib import Path
 
+from contract.keyfiles import too_open
+
 
 def positive_int(text: str) -> int:
     try:
@@ -26,13 +28,23 @@ def host_port(text: str) -> tuple[str, int]:
 
 
 def tls_dir(text: str) -> Path:
-    """A folder from `picket provision center`: ca.crt, center.crt and center.key."""
+    """A folder from `picket provision center`: ca.crt, center.crt and center.key, the key
+    readable by its owner alone (refused here, before anything starts, as contract/tls.py
+    would refuse it later)."""
     folder = Path(text)
     missing = [n for n in ("ca.crt", "center.crt", "center.key") if not (folder / n).is_file()]
     if missing:
         raise argparse.ArgumentTypeError(
             f"{text} lacks {', '.join(missing)} (make it with `picket provision center`)"
         )
+    try:
+        problem = too_open(folder / "center.key", "TLS key")
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{folder / 'center.key'}: {exc.strerror or exc}"
+        ) from None
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return folder
 
 

@@ -30,6 +30,14 @@ from simulators.truth import (
 from simulators.truthcases import Behaviour
 
 DEFAULT_CASES = 500  # per behaviour and condition: 1,000 visits per condition, ~70 s here
+MAX_CASES = 10_000  # ~25 minutes here
+
+
+def _cases(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_CASES:
+        raise argparse.ArgumentTypeError(f"{value} cases: at most {MAX_CASES:,}")
+    return value
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ck.add_argument("--seed", type=int, default=1, help="seed of every case (1)")
     ck.add_argument(
         "--cases",
-        type=positive_int,
+        type=_cases,
         default=DEFAULT_CASES,
         help=f"cases per behaviour and condition; visits get twice as many ({DEFAULT_CASES})",
     )

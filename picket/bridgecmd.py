@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import statistics
 import sys
@@ -41,7 +42,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from picket.argtypes import positive_int
+from picket import bridgeargs as arg
+from picket.bridgeargs import Version
 from picket.errors import CliInputError
 from picket.report import print_report
 
@@ -60,48 +62,13 @@ SIM_CONFIRM_MS = 1000
 SIM_WATCHDOG_MS = 1000
 SIM_CONFIRM_S = 3.0
 
-Version = tuple[int, int, int]
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 0.1:
-        raise argparse.ArgumentTypeError(f"bit error rate {text} must be in [0, 0.1)")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value <= 60.0:
-        raise argparse.ArgumentTypeError(f"{text} s must be above 0 and at most 60")
-    return value
-
-
-def _version(text: str) -> Version:
-    parts = text.split(".")
-    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and int(p) <= 255 for p in parts):
-        raise argparse.ArgumentTypeError(f"version {text!r} must be X.Y.Z, each 0-255")
-    return int(parts[0]), int(parts[1]), int(parts[2])
-
-
-def _board(text: str) -> str:
-    if not text or not text.isascii() or not text.isprintable():
-        raise argparse.ArgumentTypeError(f"board {text!r} must be a printable ASCII name")
-    return text
-
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bridge = sub.add_parser("bridge", help="the serial bridge to the radio MCU")
     cmds = bridge.add_subparsers(dest="bridge_command", required=True, metavar="COMMAND")
     ping = cmds.add_parser("ping", help="firmware version and round-trip times")
     _port_args(ping)
-    ping.add_argument("--count", type=positive_int, default=10, help="pings (10)")
+    ping.add_argument("--count", type=arg.count(arg.MAX_PINGS), default=10, help="pings (10)")
     ping.add_argument("--json", action="store_true", help="print one JSON object")
     soak = cmds.add_parser(
         "soak",
@@ -111,12 +78,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "was answered.",
     )
     _port_args(soak)
-    soak.add_argument("--ber", type=_rate, default=0.0, help="bit error rate, --sim only (0)")
-    soak.add_argument("--frames", type=positive_int, default=1000, help="echo requests (1000)")
+    soak.add_argument("--ber", type=arg.rate, default=0.0, help="bit error rate, --sim only (0)")
+    soak.add_argument(
+        "--frames", type=arg.count(arg.MAX_FRAMES), default=1000, help="echo requests (1000)"
+    )
     soak.add_argument("--seed", type=int, default=1, help="seed of payloads and errors (1)")
     soak.add_argument(
         "--timeout",
-        type=_seconds,
+        type=arg.seconds,
         default=None,
         help=f"one attempt's timeout, s ({SOAK_TIMEOUT_S:g} with --sim, 0.5 on a port)",
     )
@@ -131,9 +100,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bundle.add_argument("--fleet", type=Path, required=True, help="fleet folder (center.key)")
     bundle.add_argument("--image", type=Path, required=True, help="the firmware image")
     bundle.add_argument(
-        "--version", type=_version, required=True, metavar="X.Y.Z", help="its version"
+        "--version", type=arg.version, required=True, metavar="X.Y.Z", help="its version"
     )
-    bundle.add_argument("--board", type=_board, default=BOARD, help=f"the board ({BOARD})")
+    bundle.add_argument("--board", type=arg.board, default=BOARD, help=f"the board ({BOARD})")
     bundle.add_argument("--out", type=Path, required=True, help="the bundle to write")
     update = cmds.add_parser(
         "update",
@@ -190,6 +159,22 @@ def _guarded(run: Callable[[argparse.Namespace, TextIO], int]) -> Callable[..., 
     return handler
 
 
+def _check_serial_port(path: str) -> None:
+    """Refuse at once a missing port or one that is no terminal (a file, /dev/null), rather
+    than after the driver's wait for an MCU that cannot answer there."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise BridgeInputError(
+            f"cannot open serial port {path}: {why} (is the MCU plugged in?)"
+        ) from None
+    tty = os.isatty(fd)
+    os.close(fd)
+    if not tty:
+        raise BridgeInputError(f"{path} is not a serial port (name the MCU's /dev/tty…)")
+
+
 @contextlib.asynccontextmanager
 async def _target(
     args: argparse.Namespace,
@@ -202,9 +187,10 @@ async def _target(
 
     if not args.sim:
         try:
-            parse_port(args.port)
+            path, _ = parse_port(args.port)
         except ValueError as exc:
             raise BridgeInputError(str(exc)) from exc
+        _check_serial_port(path)
         yield args.port, None
         return
     from simulators.mcusim import McuSim
@@ -402,7 +388,10 @@ def _bundle(args: argparse.Namespace, out: TextIO) -> int:
         ) from exc
     raw = make_bundle(image, args.version, key, board=args.board)
     partial = args.out.with_name(args.out.name + ".partial")
+    from contract.keyfiles import check_replaceable
+
     try:
+        check_replaceable(args.out)
         partial.write_bytes(raw)
         os.replace(partial, args.out)
     except OSError as exc:

@@ -20,6 +20,9 @@ from typing import TextIO
 
 from center import export as evidence
 from center.errors import CenterDbError
+from picket.errors import CliInputError
+from provisioning.registry import RegistryError
+from provisioning.registry import check_registry as _check_registry
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2  # as in picket.cli
 
@@ -36,6 +39,18 @@ def add_center_parsers(center: argparse._SubParsersAction[argparse.ArgumentParse
     dev.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def check_registry(path: Path) -> None:
+    """`center run`'s check before it starts: `path` must be a device registry (FLEET/
+    registry.db), not a missing file, a folder or another kind of file; else exit 2."""
+    try:
+        _check_registry(path)
+    except RegistryError as exc:
+        raise CliInputError(
+            f"--registry: {exc}; the registry is FLEET/registry.db, made by "
+            "`picket provision init --fleet FLEET`"
+        ) from exc
+
+
 def _error(err: TextIO, message: str) -> None:
     err.write(f"picket: error: {message}\n")
 
@@ -49,6 +64,9 @@ def export(args: argparse.Namespace, err: TextIO | None = None) -> int:
     out: Path = args.out
     if not out.parent.is_dir():
         _error(err, f"cannot write {out}: folder {out.parent} does not exist")
+        return EXIT_BAD_INPUT
+    if out.exists() and not out.is_file():  # a folder, or /dev/null: a rename would replace it
+        _error(err, f"cannot write {out}: it is not a regular file (name a file to write)")
         return EXIT_BAD_INPUT
     try:
         done = evidence.export(args.db, out)

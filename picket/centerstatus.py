@@ -21,6 +21,7 @@ from center.errors import CenterDbError
 from center.status import DEFAULT_ONLINE_WINDOW_MS, as_json, read_status, render
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2  # as in picket.cli
+MAX_WINDOW_MIN = 366 * 24 * 60
 
 
 def _minutes(text: str) -> float:
@@ -28,8 +29,10 @@ def _minutes(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a number of minutes above 0")
+    if not 0 < value <= MAX_WINDOW_MIN:
+        raise argparse.ArgumentTypeError(
+            f"{text} must be a number of minutes above 0 and at most {MAX_WINDOW_MIN:,} (a year)"
+        )
     return value
 
 

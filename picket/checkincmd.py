@@ -18,7 +18,7 @@ from agent.checkin.planfile import load_plan
 from agent.gnss.nmea import NmeaParser
 from agent.gnss.report import iso_time
 from contract.fix import Fix
-from picket.gps import GpsInputError, date_arg
+from picket.gps import GpsInputError, date_arg, log_lines
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,15 +84,11 @@ def _row(j: dict[str, object]) -> str:
 
 
 def _fixes(path: Path) -> list[Fix]:
+    """The track's fixes; the log is streamed with a line cap (picket.gps.log_lines)."""
     parser = NmeaParser()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise GpsInputError(f"cannot read {path}: {exc.strerror}") from exc
     out: list[Fix] = []
-    for line in data.splitlines(keepends=True):
-        if not line.lstrip().startswith(b"#"):
-            out.extend(parser.feed(line))
+    for line in log_lines(path):
+        out.extend(parser.feed(line))
     return out + parser.flush()
 
 

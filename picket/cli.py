@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from picket import (
     simcmd,
 )
 from picket.argtypes import center_tls, host_port, positive_int, tls_dir
-from picket.errors import EXIT_FAILED, EXIT_OK, CliError, CliInputError
+from picket.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError, CliInputError
 from picket.report import print_report
 
 if TYPE_CHECKING:
@@ -47,6 +48,27 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
+    return value
+
+
+DEMO_MAX_DEVICES = 2_747  # simulators.demo.MAX_DEVICES (not imported: `picket --help` stays fast)
+DEMO_MAX_MINUTES = 24 * 60
+
+
+def _demo_devices(text: str) -> int:
+    value = positive_int(text)
+    if value > DEMO_MAX_DEVICES:
+        raise argparse.ArgumentTypeError(
+            f"{value} is more than the demo runs ({DEMO_MAX_DEVICES:,}, the district's "
+            "members); `picket sim fleet` runs the whole district"
+        )
+    return value
+
+
+def _demo_minutes(text: str) -> float:
+    value = _positive_float(text)
+    if value > DEMO_MAX_MINUTES:
+        raise argparse.ArgumentTypeError(f"{text} minutes: a shift is at most a day (1440)")
     return value
 
 
@@ -65,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run a simulated shift end to end and report")
-    demo.add_argument("--devices", type=positive_int, default=20, help="simulated handsets (20)")
-    demo.add_argument("--minutes", type=_positive_float, default=60.0, help="shift length (60)")
+    demo.add_argument("--devices", type=_demo_devices, default=20, help="simulated handsets (20)")
+    demo.add_argument("--minutes", type=_demo_minutes, default=60.0, help="shift length (60)")
     demo.add_argument("--seed", type=int, default=7, help="seed of district and walkers (7)")
     demo.add_argument("--workdir", type=Path, help="keep device state and center.db here")
     demo.add_argument("--json", action="store_true", help="print one JSON object last")
@@ -141,8 +163,7 @@ def _cmd_center_run(args: argparse.Namespace) -> int:
     from center.service import CenterService
     from contract.errors import LocalError
 
-    if not args.registry.exists():
-        raise CliInputError(f"registry {args.registry} does not exist (provision a device first)")
+    centercmd.check_registry(args.registry)
     host, port = args.broker
 
     async def serve() -> dict[str, object]:
@@ -196,8 +217,38 @@ def _cmd_checkin_detect(args: argparse.Namespace) -> int:
         raise CliInputError(str(exc)) from exc
 
 
+def _too_long(args: argparse.Namespace) -> str | None:
+    """A file argument the system cannot name (a part over NAME_MAX or the whole over
+    PATH_MAX): refused here once, instead of an OSError wherever a command first touches it."""
+    for name, value in vars(args).items():
+        if isinstance(value, str) and name == "db" and "://" not in value:
+            path: object = Path(value)  # a center database: a SQLite path, or a URL
+        else:
+            path = value
+        if not isinstance(path, Path):
+            continue
+        raw = os.fsencode(path)
+        if len(raw) >= 4096 or any(len(part) > 255 for part in raw.split(b"/")):
+            return f"{name}: the path {str(path)[:40]}… is too long to be a file name"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    nul = next((a for a in given if "\x00" in a), None)
+    if nul is not None:  # a shell cannot pass one; os calls would raise ValueError on it
+        print(f"picket: error: argument {nul!r} contains a NUL character", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        args = build_parser().parse_args(argv)
+    except OSError as exc:  # an argument's type that looks at a file (a folder of keys)
+        where = str(exc.filename or "")[:60]
+        print(f"picket: error: cannot use {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    problem = _too_long(args)
+    if problem is not None:
+        print(f"picket: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

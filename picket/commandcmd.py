@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from contract.records import Outcome
 from picket.argtypes import center_tls, host_port, tls_dir
 from picket.errors import CliInputError
 from provisioning.center import create_center_key, load_center_key
-from provisioning.registry import ProvisioningError
+from provisioning.registry import ProvisioningError, Registry, RegistryError
 
 __all__ = [
     "add_center_parsers",
@@ -57,6 +58,8 @@ __all__ = [
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2  # as in picket.cli
 POLL_S = 0.25
 TTL_BUNDLE_S, TTL_ROLL_CALL_S, TTL_REMINDER_S = 86_400, 300, 3_600
+MAX_TTL_S = 30 * 86_400  # a command that outlives a month is a typo
+MAX_PLAN_VERSION = 2**31 - 1
 
 
 class BadInput(CliInputError):
@@ -67,9 +70,11 @@ class BadInput(CliInputError):
 
 
 def _ids(text: str) -> list[str]:
-    ids = [t.strip() for t in text.split(",") if t.strip()]
-    if not ids:
+    ids = [t.strip() for t in text.split(",")]
+    if not any(ids):
         raise argparse.ArgumentTypeError("name at least one, separated by commas")
+    if not all(ids):
+        raise argparse.ArgumentTypeError(f"{text!r} names an empty id (two commas in a row?)")
     bad = [i for i in ids if not DEVICE_ID.fullmatch(i)]
     if bad:
         raise argparse.ArgumentTypeError(f"{bad[0]!r} is not an id (letters, digits, . _ -)")
@@ -94,14 +99,18 @@ def _date(text: str) -> dt.date:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0")
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PLAN_VERSION:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number from 0 to {MAX_PLAN_VERSION:,}"
+        )
     return int(text)
 
 
 def _seconds(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 1")
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_TTL_S:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of seconds from 1 to {MAX_TTL_S:,} (30 days)"
+        )
     return int(text)
 
 
@@ -118,6 +127,10 @@ def _wait(text: str) -> float:
 def _text(text: str) -> str:
     if not 1 <= len(text) <= MAX_TEXT:
         raise argparse.ArgumentTypeError(f"the text must be 1..{MAX_TEXT} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell passed that are no UTF-8 text
+        raise argparse.ArgumentTypeError("the text is not valid UTF-8") from None
     return text
 
 
@@ -184,9 +197,34 @@ def _targets(args: argparse.Namespace) -> tuple[list[str], str | None]:
     return list(args.members), args.team
 
 
+def _is_fleet(folder: Path) -> bool:
+    return (folder / "registry.db").is_file() or (folder / "ca.crt").is_file()
+
+
+def _check_known(fleet: Path, devices: list[str]) -> None:
+    """Refuse ids the fleet's registry does not know, before a number is taken for any: a
+    typo would otherwise use up a number and wait for an answer that cannot come. A fleet
+    without a registry, or with no device in it yet, is not asked."""
+    path = fleet / "registry.db"
+    if not path.is_file():
+        return
+    try:
+        with Registry(path, readonly=True) as registry:
+            known = set(registry.devices())
+    except (RegistryError, sqlite3.Error) as exc:
+        raise BadInput(f"{path} is not a readable device registry ({exc})") from exc
+    unknown = [d for d in devices if d not in known]
+    if known and unknown:
+        raise BadInput(
+            f"no device {unknown[0]!r} in fleet {fleet} (`picket provision list --fleet "
+            f"{fleet}` lists them)"
+        )
+
+
 async def _send(args: argparse.Namespace, body: Body, now_ms: int) -> list[Signed]:
     """Number, sign and publish `body` for every target. BadInput, or DispatchError."""
     devices, team = _targets(args)
+    _check_known(args.fleet, devices)
     try:
         key = load_center_key(args.fleet)
         with CommandSigner(key, args.db) as signer:
@@ -294,8 +332,18 @@ async def _run(
 # --- the sub-commands ---------------------------------------------------------------------------
 
 
+def _not_a_fleet(folder: Path) -> str:
+    return (
+        f"{folder} is not a fleet folder (no registry.db or ca.crt): run "
+        f"`picket provision init --fleet {folder}`"
+    )
+
+
 def key(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
+    if not _is_fleet(args.fleet):  # a typo must not make a new key that no device trusts
+        _error(err, _not_a_fleet(args.fleet))
+        return EXIT_BAD_INPUT
     try:
         public = create_center_key(args.fleet)
     except ProvisioningError as exc:

@@ -1,9 +1,14 @@
 """`picket gps …`: a technician's view of a receiver, and replay of NMEA logs.
 
 `replay` is synchronous and pure (file → parser → JSON lines), so its output is the
-parser's, byte for byte, on every run. `watch` runs the real source driver (serial, TCP,
-gpsd or file) and redraws one status block per fix on a terminal, or prints a line per
-fix otherwise; it stops after --seconds or on Ctrl-C.
+parser's, byte for byte, on every run. It streams the log through `log_lines`, which holds
+one chunk and one line at a time: a log of any size replays in the same memory, and a file
+that is not a log at all (/dev/zero, a disk image) is refused at its first line that runs
+past MAX_LOG_LINE instead of being read without end. `checkin detect` reads its track the
+same way. `watch` runs the real source driver (serial, TCP, gpsd or file) and redraws one
+status block per fix on a terminal, or prints a line per fix otherwise; it stops after
+--seconds or on Ctrl-C. A source it cannot use (a bad URL, a log that is not there) is
+refused before it starts.
 """
 
 from __future__ import annotations
@@ -13,20 +18,74 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 from agent.gnss.nmea import NmeaParser, NmeaStats
 from agent.gnss.report import fix_json, iso_time
 from agent.gnss.sources import GnssSource, SourceError, SourceStatus, parse_source_url
+from agent.gnss.urls import check_source
 from contract.fix import Fix
 from picket.errors import CliInputError
+
+# The longest line a log may hold. An NMEA sentence is at most 82 bytes and the parser cuts
+# lines at 128 (docs/gnss.md); logs add comments and the odd merged line, never kilobytes.
+MAX_LOG_LINE = 4096
+READ_CHUNK = 65_536
 
 
 class GpsInputError(CliInputError):
     """Bad input for a gps command (exit code 2)."""
+
+
+def log_lines(path: Path) -> Iterator[bytes]:
+    """The lines of an NMEA log with their line ends, streamed; '#' comments are dropped.
+    GpsInputError when the file cannot be read, or a line runs past MAX_LOG_LINE bytes."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise GpsInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    number, carry = 0, b""
+    with fh:
+        while True:
+            try:
+                chunk = fh.read(READ_CHUNK)
+            except OSError as exc:
+                raise GpsInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+            if not chunk:
+                break
+            *lines, carry = (carry + chunk).split(b"\n")
+            for line in lines:
+                number += 1
+                _fits(path, number, line)
+                if not line.lstrip().startswith(b"#"):
+                    yield line + b"\n"
+            _fits(path, number + 1, carry)
+    if carry and not carry.lstrip().startswith(b"#"):
+        yield carry
+
+
+def _fits(path: Path, number: int, line: bytes) -> None:
+    if len(line) > MAX_LOG_LINE:
+        raise GpsInputError(
+            f"{path}: line {number} runs past {MAX_LOG_LINE} bytes without a line end: "
+            "not an NMEA log (is the path right?)"
+        )
+
+
+def seconds_arg(text: str) -> float:
+    """A duration in seconds above 0 (finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds above 0")
+    return value
 
 
 def date_arg(text: str) -> dt.date:
@@ -48,7 +107,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     w.add_argument(
         "source", help="serial:///dev/ttyUSB0?baud=9600, tcp://h:p, gpsd://h:p, file://p"
     )
-    w.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
+    w.add_argument(
+        "--seconds", type=seconds_arg, help="stop after this long (default: until Ctrl-C)"
+    )
     w.add_argument("--json", action="store_true", help="one JSON object per fix")
     w.add_argument("--not-before", type=date_arg, help="dates before this: week rollover")
 
@@ -63,16 +124,9 @@ def _stats_line(s: NmeaStats) -> str:
 def replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     parser = NmeaParser(not_before=args.not_before)
-    try:
-        fh = args.file.open("rb")
-    except OSError as exc:
-        raise GpsInputError(f"cannot read {args.file}: {exc.strerror}") from exc
-    with fh:
-        for line in fh:
-            if line.lstrip().startswith(b"#"):
-                continue
-            for fix in parser.feed(line):
-                _emit(fix, args.json, out)
+    for line in log_lines(args.file):
+        for fix in parser.feed(line):
+            _emit(fix, args.json, out)
     for fix in parser.flush():
         _emit(fix, args.json, out)
     print(f"{args.file}: {_stats_line(parser.stats)}", file=sys.stderr)
@@ -120,6 +174,7 @@ def _block(fix: Fix | None, src: GnssSource) -> str:
 async def _watch(args: argparse.Namespace, out: TextIO) -> int:
     try:
         spec = parse_source_url(args.source)
+        check_source(spec)
     except SourceError as exc:
         raise GpsInputError(str(exc)) from exc
     tty = out.isatty() and not args.json
@@ -146,7 +201,10 @@ async def _watch(args: argparse.Namespace, out: TextIO) -> int:
         async with asyncio.timeout(
             None if deadline is None else max(0.0, deadline - time.monotonic())
         ):
-            await loop()
+            try:
+                await loop()
+            except SourceError as exc:  # a log that went away or failed while read
+                raise GpsInputError(str(exc)) from exc
     if not args.json:
         out.write(_block(None, src).split("\n")[0] + "\n")
     return 0

@@ -19,6 +19,7 @@ from provisioning.registry import RegistryError
 
 __all__ = [
     "DEFAULT_BROKER",
+    "batch_count",
     "device_id",
     "fact",
     "fleet_fingerprint",
@@ -27,12 +28,15 @@ __all__ = [
     "ids",
     "name",
     "port",
+    "width",
 ]
 
 DEFAULT_BROKER = ("127.0.0.1", DEFAULT_BROKER_PORT)  # `provision init` without --broker
 MAX_FACT = 200  # contract/enrollment.py refuses longer fact values
 HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:_\[\]-]{0,252}")
 FLEET_FP = re.compile(r"[0-9a-f]{32}")
+MAX_BATCH = 100_000  # devices in one `provision batch`
+MAX_WIDTH = 12  # digits of a batch's numbers (ids are at most 64 characters)
 
 
 def host(text: str) -> str:
@@ -53,6 +57,20 @@ def port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
     return int(text)
+
+
+def _whole(text: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high:,}")
+    return int(text)
+
+
+def batch_count(text: str) -> int:
+    return _whole(text, 1, MAX_BATCH)
+
+
+def width(text: str) -> int:
+    return _whole(text, 1, MAX_WIDTH)
 
 
 def device_id(text: str) -> str:

@@ -27,6 +27,7 @@ from picket.progress import Progress
 from picket.provisionargs import DEFAULT_BROKER
 from picket.provisionsteps import (
     Refused,
+    check_label_folder,
     check_writable,
     checked_plan,
     now_ms,
@@ -116,6 +117,7 @@ def approve(args: argparse.Namespace) -> int:
         raise Refused(f"enrollment request {args.request} refused: {exc}") from exc
     plan = checked_plan(args.plan)
     check_writable(args.out)
+    check_label_folder(args.label)
     key_fp = fingerprint(req.signing_key)
     print(f"request {args.request}, made {utc(req.created_ms)} (the device's clock)")
     print(f"  device key fingerprint: {key_fp}  (compare with what the device printed)")
@@ -154,6 +156,7 @@ def device(args: argparse.Namespace) -> int:
     from provisioning.device import provision_device
 
     plan = checked_plan(args.plan)
+    check_label_folder(args.label)
     made = not (args.fleet / "ca.crt").exists()
     now = now_ms()
     try:

@@ -23,6 +23,7 @@ from picket.errors import EXIT_FAILED, EXIT_OK, cli_handler
 from picket.provisionsteps import (
     Failed,
     Refused,
+    check_label_folder,
     now_ms,
     open_fleet,
     plural,
@@ -64,7 +65,7 @@ def _default_broker_user() -> str | None:
 
 @cli_handler
 def broker_config(args: argparse.Namespace) -> int:
-    from provisioning.brokerconf import write_broker_config
+    from provisioning.brokerconf import default_service_port, write_broker_config
 
     user = args.user if args.user is not None else _default_broker_user()
     with open_fleet(args.fleet) as fleet:
@@ -78,8 +79,15 @@ def broker_config(args: argparse.Namespace) -> int:
             raise Refused(str(exc)) from exc
         except OSError as exc:
             raise Failed(f"writing into {args.out} failed: {exc.strerror or exc}") from exc
-    print(f"wrote {args.out}: mosquitto.conf, acl, ca.crt, server.crt, server.key, crl.pem")
+    print(
+        f"wrote {args.out}: mosquitto.conf, acl, ca.crt, services-ca.crt, clients-ca.crt, "
+        "server.crt, server.key, crl.pem"
+    )
     print(f"  the broker's certificate names {', '.join(hosts)}")
+    print(
+        f"  devices connect to port {args.port}; the center and gateways to port "
+        f"{default_service_port(args.port)} (the services' listener)"
+    )
     if user is not None:
         print(f"  Mosquitto runs as {user}")
     if fleet_host not in hosts:
@@ -112,12 +120,15 @@ def revoke(args: argparse.Namespace) -> int:
             raise Refused(str(exc)) from exc
         except OSError as exc:
             raise Failed(f"rewriting the CRL failed: {exc.strerror or exc}") from exc
+        kept = fleet.registry.entry(args.id)
         brokers = json.loads(fleet.registry.setting("broker_dirs") or "[]")
         crls = [fleet.crl_path] + [Path(d) / "crl.pem" for d in brokers if Path(d).is_dir()]
+    # A second revoke changes no time: say the one the registry keeps, not this run's clock.
+    since = now if kept is None or kept.revoked_ms is None else kept.revoked_ms
     if entry.revoked_ms is not None:
         print(f"{args.id} was already revoked at {utc(entry.revoked_ms)}")
     print(f"revoked {args.id}: {plural(count, 'certificate')} revoked")
-    print(f"the center refuses records {args.id} signed after {utc(now, '%Y-%m-%d %H:%M:%S')}")
+    print(f"the center refuses records {args.id} signed after {utc(since, '%Y-%m-%d %H:%M:%S')}")
     for path in crls:
         print(f"CRL rewritten: {path}")
     print(
@@ -196,6 +207,7 @@ def label(args: argparse.Namespace) -> int:
         entry = fleet.registry.entry(args.id)
     if entry is None:
         raise Refused(f"no device {args.id!r} in fleet {args.fleet}")
+    check_label_folder(args.out, "--out")
     if entry.revoked_ms is not None:
         print(
             f"picket: warning: {args.id} was revoked at {utc(entry.revoked_ms)}",

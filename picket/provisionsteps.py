@@ -12,6 +12,7 @@ wrapped in picket.errors.cli_handler, prints it as `picket: error: …`.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from provisioning.registry import RegistryError
 __all__ = [
     "Failed",
     "Refused",
+    "check_label_folder",
     "check_writable",
     "checked_plan",
     "now_ms",
@@ -86,6 +88,20 @@ def check_writable(path: Path) -> None:
         raise Refused(f"cannot write {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise Refused(f"cannot write {path}: it is a folder")
+    if path.exists() and not path.is_file():  # /dev/null: an atomic write would replace it
+        raise Refused(f"cannot write {path}: it is not a regular file (name a file to write)")
+
+
+def check_label_folder(folder: Path | None, flag: str = "--label") -> None:
+    """Refuse a --label folder that cannot be written before the device is registered: a
+    label that fails afterwards leaves the device enrolled and the command failed."""
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise Refused(f"{flag} {folder} is a file, not a folder: name a folder for the label")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise Refused(f"cannot write the label into {folder}: {existing} is not a writable folder")
 
 
 def write_output(path: Path, data: bytes) -> None:

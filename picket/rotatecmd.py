@@ -25,10 +25,20 @@ from center.rotation import (
 )
 from contract.errors import LocalError
 from picket.argtypes import center_tls, host_port, positive_int, tls_dir
+from picket.provisionargs import device_id
 from provisioning.fleet import Fleet
 from provisioning.registry import RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+MAX_TTL_S = 90 * 86_400  # a rotation waits for a device that is away, not for ever
+
+
+def _ttl(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_TTL_S:
+        raise argparse.ArgumentTypeError(f"{value} s is more than {MAX_TTL_S:,} (90 days)")
+    return value
+
 
 __all__ = ["add_parser", "rotate"]
 
@@ -38,14 +48,14 @@ def add_parser(prov: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "rotate", help="new record key and TLS certificate for a device, by signed command"
     )
     p.add_argument("--fleet", type=Path, required=True, help="fleet folder (provision init)")
-    p.add_argument("--id", required=True, help="device id")
+    p.add_argument("--id", type=device_id, required=True, help="device id")
     p.add_argument("--db", type=Path, required=True, help="center SQLite database")
     p.add_argument("--broker", type=host_port, default=("127.0.0.1", 8883), help="HOST:PORT")
     p.add_argument(
         "--tls", type=tls_dir, metavar="DIR", help="TLS with the center's certificate in DIR"
     )
     p.add_argument(
-        "--ttl", type=positive_int, default=DEFAULT_TTL_S, help="command valid for seconds (7 d)"
+        "--ttl", type=_ttl, default=DEFAULT_TTL_S, help="command valid for seconds (7 d)"
     )
     p.add_argument("--resend", action="store_true", help="sign the last, unanswered rotation anew")
     p.add_argument(

@@ -8,6 +8,15 @@ every `up` topic, directly or through the shared subscription its workers use, a
 every `down` topic. Paths in the configuration are absolute, so the file works wherever
 Mosquitto is started from; `picket provision revoke` rewrites the folder's crl.pem, which
 Mosquitto reads when it starts or reloads (SIGHUP; docs/provisioning.md).
+
+**Two listeners.** On the devices' listener a client's id is its user name
+(`use_username_as_clientid`): a device cannot take another's client id and so push it off
+the broker. The center's workers all share the name `picket-center` and would push each
+other off the same way, so services have a listener of their own, which trusts only the
+services CA (provisioning/fleet.py): no device certificate gets through its handshake.
+
+**Size.** `message_size_limit` and `max_packet_size` bound what one client can make the
+broker (and the center behind it) take in; MESSAGE_SIZE_LIMIT says how the value was chosen.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import os
 import pwd
 from pathlib import Path
 
+from contract.bounds import MAX_ACK_BYTES, MAX_BATCH_BYTES, MAX_COMMAND
 from contract.keyfiles import write_private, write_public
 from contract.protocol import PREFIX
 from provisioning import ca
@@ -24,6 +34,22 @@ from provisioning.fleet import CENTER_CN, GATEWAY_CN, Fleet
 from provisioning.registry import ProvisioningError
 
 CENTER_GROUP = "picket-center"  # center/service.py DEFAULT_GROUP
+
+# The largest payload a legitimate client publishes is the largest message the contract
+# accepts (contract/bounds.py): a full batch, MAX_BATCH = 256 records of at most MAX_RECORD
+# = 1024 bytes, 262,928 bytes with its CBOR heads. Nothing larger would be stored anyway, so
+# the broker refuses it before it reaches the center. The largest record a device writes, a
+# key-rotation receipt with its certificate request, 64-character ids and a full reason, is
+# ~620 bytes, so a real full batch is ~159 KB; a signed command (MAX_COMMAND, 64 KiB) and an
+# acknowledgement (MAX_ACK_BYTES, 16 KiB) are smaller still: a task bundle of 256 line ids
+# of 64 characters is ~17 KB, a key rotation with a 4096-byte certificate ~4.3 KB
+# (tests/test_broker_hostile.py measures them).
+MESSAGE_SIZE_LIMIT = max(MAX_BATCH_BYTES, MAX_COMMAND, MAX_ACK_BYTES)
+# The whole MQTT packet: the payload, a topic of at most ~100 bytes, the header and, in MQTT
+# 5, its properties. Mosquitto refuses a larger packet as soon as it reads its length, before
+# it allocates it, and drops the connection; a payload over the limit in a packet under it
+# is acknowledged and dropped (MQTT 5: PUBACK reason 0x83 "implementation specific error").
+MAX_PACKET_SIZE = MESSAGE_SIZE_LIMIT + 1024
 
 
 def acl_text() -> str:
@@ -43,24 +69,53 @@ def acl_text() -> str:
     )
 
 
-def tls_lines(folder: Path) -> str:
-    """The security half of a listener block, for the files `write_broker_config` made."""
+def _listener_lines(folder: Path, cafile: str, *, bind_ids: bool) -> str:
     d = folder.resolve()
     return (
-        f"cafile {d / 'ca.crt'}\n"
+        f"cafile {d / cafile}\n"
         f"certfile {d / 'server.crt'}\n"
         f"keyfile {d / 'server.key'}\n"
         f"crlfile {d / 'crl.pem'}\n"
         "require_certificate true\n"
         "use_identity_as_username true\n"
+        f"use_username_as_clientid {'true' if bind_ids else 'false'}\n"
         "tls_version tlsv1.2\n"
     )
 
 
+def device_lines(folder: Path) -> str:
+    """The security half of the devices' listener, for the files `write_broker_config` made:
+    device certificates only, each client's id bound to its certificate's name."""
+    return _listener_lines(folder, "ca.crt", bind_ids=True)
+
+
+def service_lines(folder: Path) -> str:
+    """The services' listener: certificates of the services CA only (the center's workers,
+    gateways), client ids their own (workers sharing one name must not push each other off)."""
+    return _listener_lines(folder, "services-ca.crt", bind_ids=False)
+
+
+def tls_lines(folder: Path) -> str:
+    """One listener for devices and services alike, client ids unbound: the test and demo
+    broker's (simulators/broker.py), where every client is our own."""
+    return _listener_lines(folder, "clients-ca.crt", bind_ids=False)
+
+
+def limit_lines() -> str:
+    """The size limits (global in Mosquitto 2.0)."""
+    return f"message_size_limit {MESSAGE_SIZE_LIMIT}\nmax_packet_size {MAX_PACKET_SIZE}\n"
+
+
 def global_lines(folder: Path) -> str:
     return (
-        f"per_listener_settings false\nallow_anonymous false\nacl_file {folder.resolve() / 'acl'}\n"
+        "per_listener_settings false\nallow_anonymous false\n"
+        f"acl_file {folder.resolve() / 'acl'}\n{limit_lines()}"
     )
+
+
+def default_service_port(port: int) -> int:
+    """The services' listener (center, gateways) when none is named: the next port."""
+    return port + 1 if port < 65535 else port - 1
 
 
 def write_broker_config(
@@ -72,6 +127,7 @@ def write_broker_config(
     hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
     bind: str | None = None,
     user: str | None = None,
+    service_port: int | None = None,
 ) -> Path:
     """Write out/mosquitto.conf and what it names; returns the configuration's path.
 
@@ -79,9 +135,15 @@ def write_broker_config(
     subject alternative names). `bind`: listen on this address only (all when None).
     `user`: the account Mosquitto runs as; started as root, Mosquitto switches to it
     (`mosquitto` by default) before it reads the key, so the key is given to that account.
+    `service_port`: the services' listener (the center, gateways); the next port by default.
     """
-    if not 0 < port < 65536:
-        raise ProvisioningError(f"broker port {port} is out of range")
+    if service_port is None:
+        service_port = default_service_port(port)
+    for p in (port, service_port):
+        if not 0 < p < 65536:
+            raise ProvisioningError(f"broker port {p} is out of range")
+    if service_port == port:
+        raise ProvisioningError(f"the services' port must not be the devices' ({port})")
     out.mkdir(parents=True, exist_ok=True)
     key, cert = ca.issue_server(fleet.ca_key(), fleet.ca_cert, list(hosts), now_ms)
     write_private(out / "server.key", ca.key_pem(key))
@@ -93,8 +155,11 @@ def write_broker_config(
         os.chown(out / "server.key", account.pw_uid, account.pw_gid)
     write_public(out / "server.crt", ca.pem(cert))
     write_public(out / "ca.crt", ca.pem(fleet.ca_cert))
+    services = ca.pem(fleet.services_ca(now_ms)[1])
+    write_public(out / "services-ca.crt", services)
+    write_public(out / "clients-ca.crt", ca.pem(fleet.ca_cert) + services)
     write_public(out / "acl", acl_text().encode())
-    listener = f"listener {port}" + ("" if bind is None else f" {bind}")
+    at = "" if bind is None else f" {bind}"
     conf = out / "mosquitto.conf"
     write_public(
         conf,
@@ -103,7 +168,11 @@ def write_broker_config(
             f"# Start: mosquitto -c {conf.resolve()}\n"
             f"# After `picket provision revoke`: kill -HUP the broker (or restart it).\n"
             f"{'' if user is None else f'user {user}' + chr(10)}"
-            f"{global_lines(out)}\n{listener}\n{tls_lines(out)}"
+            f"{global_lines(out)}\n"
+            f"# devices: each client id is its certificate's name\n"
+            f"listener {port}{at}\n{device_lines(out)}\n"
+            f"# the center's workers and gateways: the services CA only\n"
+            f"listener {service_port}{at}\n{service_lines(out)}"
         ).encode(),
     )
     dirs = set(json.loads(fleet.registry.setting("broker_dirs") or "[]"))

@@ -74,7 +74,8 @@ def load_center_key(fleet: Path) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
         raise ProvisioningError(
-            f"no center key at {path} (make it with `picket center key --fleet {path.parent}`)"
+            f"no center key at {path} (make it with `picket center key --fleet {path.parent}`; "
+            "a new fleet gets one from `picket provision init`)"
         ) from None
     except (OSError, ValueError) as exc:
         raise ProvisioningError(f"center key {path}: {exc}") from exc

@@ -4,6 +4,9 @@
     FLEET/center.key center.pub   the center's Ed25519 command and bundle key (key 0600)
     FLEET/registry.db          devices, their keys and certificates (provisioning/registry.py)
     FLEET/crl.pem              revoked certificates, rewritten by every revocation
+    FLEET/services-ca.key .crt the CA of the fleet's services (center, gateways; key 0600),
+                               made on first use: apart from the devices' CA, so that the
+                               broker's service listener admits no device (docs/provisioning.md)
 
 Every step is a method on `Fleet`, which opens the folder once and refuses a folder that is
 not a fleet with the command that makes one. Times are passed in (`now_ms`).
@@ -36,6 +39,7 @@ from provisioning.registry import ProvisioningError, Registry, fingerprint
 CENTER_CN = "picket-center"  # the center's certificate name, hence its broker user name
 GATEWAY_CN = "picket-gateway"  # a LoRa gateway bridge's (center/lora_gateway.py)
 RESERVED = (CENTER_CN, GATEWAY_CN)
+SERVICES_CA = "services-ca"  # FLEET/services-ca.key, .crt
 DEFAULT_BROKER_PORT = 8883
 HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?")  # names, IPv4, IPv6
 TIERS = ("street", "community", "grid", "dock")
@@ -82,6 +86,7 @@ class Fleet:
         self.registry = Registry(folder / "registry.db")
         self.name = self.registry.setting("name") or folder.name
         self._ca_key: ec.EllipticCurvePrivateKey | None = None
+        self._services: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None
 
     def close(self) -> None:
         self.registry.close()
@@ -109,17 +114,41 @@ class Fleet:
             self._ca_key = self._load_ca_key()
         return self._ca_key
 
-    def _load_ca_key(self) -> ec.EllipticCurvePrivateKey:
-        path = self.dir / "ca.key"
+    def services_ca(self, now_ms: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """The CA that certifies the fleet's services (the center, LoRa gateways), made on
+        first use (a fleet from before it gets one then). Services share a certificate name
+        across workers, so their listener cannot bind client ids to names as the devices'
+        does; a CA of their own keeps every device certificate off that listener."""
+        if self._services is None:
+            key_path, cert_path = self.dir / f"{SERVICES_CA}.key", self.dir / f"{SERVICES_CA}.crt"
+            if not cert_path.exists():
+                key, cert = ca.make_ca(f"{self.name} services", now_ms)
+                write_private(key_path, ca.key_pem(key))
+                write_public(cert_path, ca.pem(cert))
+            try:
+                cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ProvisioningError(f"{cert_path}: {exc}") from exc
+            self._services = (self._load_ca_key(key_path, "services CA key"), cert)
+        return self._services
+
+    @property
+    def has_services_ca(self) -> bool:
+        return (self.dir / f"{SERVICES_CA}.crt").exists()
+
+    def _load_ca_key(
+        self, path: Path | None = None, what: str = "CA key"
+    ) -> ec.EllipticCurvePrivateKey:
+        path = path or self.dir / "ca.key"
         try:
-            problem = too_open(path, "CA key")
+            problem = too_open(path, what)
             if problem is not None:
                 raise ProvisioningError(problem)
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError) as exc:
-            raise ProvisioningError(f"CA key {path}: {exc}") from exc
+            raise ProvisioningError(f"{what} {path}: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ProvisioningError(f"CA key {path}: not an EC private key")
+            raise ProvisioningError(f"{what} {path}: not an EC private key")
         return key
 
     # -- steps ----------------------------------------------------------------------------
@@ -222,8 +251,9 @@ class Fleet:
 
     def issue_service(self, cn: str, stem: str, out: Path, now_ms: int) -> Path:
         """A fleet service's client identity (the center, a LoRa gateway): its key made
-        here, its certificate named `cn` (its broker user name), and the CA, in `out` as
-        STEM.key (0600), STEM.crt and ca.crt."""
+        here, its certificate named `cn` (its broker user name) from the services CA, and
+        the fleet CA (which issued the broker's certificate), in `out` as STEM.key (0600),
+        STEM.crt and ca.crt."""
         if cn not in RESERVED:
             raise ProvisioningError(f"{cn!r} is not a fleet service ({', '.join(RESERVED)})")
         out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +263,8 @@ class Fleet:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .sign(key, hashes.SHA256())
         )
-        cert = ca.issue_client(self.ca_key(), self.ca_cert, cn, csr, now_ms)
+        services_key, services_cert = self.services_ca(now_ms)
+        cert = ca.issue_client(services_key, services_cert, cn, csr, now_ms)
         write_private(out / f"{stem}.key", ca.key_pem(key))
         write_public(out / f"{stem}.crt", ca.pem(cert))
         write_public(out / "ca.crt", ca.pem(self.ca_cert))
@@ -247,11 +278,14 @@ class Fleet:
         return count
 
     def write_crl(self, now_ms: int) -> Path:
-        """Rewrite FLEET/crl.pem, and the copy in every broker folder made for this fleet."""
+        """Rewrite FLEET/crl.pem, and the copy in every broker folder made for this fleet
+        (which adds the services CA's, empty, CRL: OpenSSL wants one from every issuer)."""
         crl = ca.pem(
             ca.make_crl(self.ca_key(), self.ca_cert, self.registry.revoked_certs(), now_ms)
         )
         write_public(self.crl_path, crl)
+        if self.has_services_ca:
+            crl += ca.pem(ca.make_crl(*self.services_ca(now_ms), (), now_ms))
         for folder in json.loads(self.registry.setting("broker_dirs") or "[]"):
             if Path(folder).is_dir():
                 write_public(Path(folder) / "crl.pem", crl)

@@ -113,6 +113,32 @@ class DeviceEntry:
         }
 
 
+REGISTRY_TABLES = ("devices", "keys", "certs")
+
+
+def check_registry(path: Path) -> None:
+    """RegistryError unless `path` is a SQLite file with a device registry's tables. Opened
+    read-only, so a mistyped path is never made into an empty registry: what the center
+    checks before it starts, instead of failing on its first batch."""
+    if not path.exists():
+        raise RegistryError(f"device registry {path} does not exist")
+    if not path.is_file():
+        raise RegistryError(f"{path} is not a device registry (it is not a file)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise RegistryError(f"cannot open device registry {path}: {exc}") from exc
+    try:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error as exc:
+        raise RegistryError(f"{path} is not a device registry (not SQLite: {exc})") from exc
+    finally:
+        db.close()
+    missing = [t for t in REGISTRY_TABLES if t not in {r[0] for r in rows}]
+    if missing:
+        raise RegistryError(f"{path} is not a device registry (it has no {missing[0]} table)")
+
+
 class Registry:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path

@@ -10,7 +10,12 @@ at a clean stop, and reads it back when it starts again; a kill -9 loses what ch
 the last save, as on a real server.
 
 With `tls_dir` (a folder from `picket provision broker-config`) the listener is the
-fleet's: TLS with client certificates, the certificate name as user, its ACL and CRL.
+fleet's: TLS with client certificates, the certificate name as user, its ACL and CRL. It
+takes devices and services alike on one port, client ids as they come (every client here
+is our own); with `service_port` as well it is the production layout instead
+(provisioning/brokerconf.py): devices on `port`, each client id bound to its certificate's
+name, and the services (center, gateways) on `service_port`. Either way the size limits
+are production's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from provisioning.brokerconf import global_lines, tls_lines
+from provisioning.brokerconf import (
+    device_lines,
+    global_lines,
+    limit_lines,
+    service_lines,
+    tls_lines,
+)
 from simulators.simerror import SimulatorError
 
 CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -60,12 +71,14 @@ class Mosquitto:
         *,
         persistence: bool = False,
         tls_dir: Path | None = None,
+        service_port: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.persistence = persistence
         self.tls_dir = tls_dir  # a `picket provision broker-config` folder: TLS, ACL, CRL
+        self.service_port = service_port  # with tls_dir: the services' own listener
         self.exe = find_mosquitto()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -93,11 +106,17 @@ class Mosquitto:
         # log or the database in a folder root made: keep this private broker as who started it.
         user = "user root\n" if os.geteuid() == 0 else ""
         if self.tls_dir is None:
-            security = f"listener {self.port} {self.host}\nallow_anonymous true\n"
-        else:
+            security = f"{limit_lines()}listener {self.port} {self.host}\nallow_anonymous true\n"
+        elif self.service_port is None:
             security = (
                 f"{global_lines(self.tls_dir)}listener {self.port} {self.host}\n"
                 f"{tls_lines(self.tls_dir)}"
+            )
+        else:
+            security = (
+                f"{global_lines(self.tls_dir)}listener {self.port} {self.host}\n"
+                f"{device_lines(self.tls_dir)}listener {self.service_port} {self.host}\n"
+                f"{service_lines(self.tls_dir)}"
             )
         self.config_path.write_text(
             f"{security}"

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import random
+import resource
 import signal
 import sys
 import time
@@ -68,6 +69,12 @@ UPLINK = UplinkOptions(
     keepalive_s=4, connect_timeout_s=3.0, publish_timeout_s=5.0, backoff_max_s=2.0
 )
 ACK_TIMEOUT_MS = 5_000
+MAX_DEVICES = 2_747  # the full district's members (docs/district.md): `sim fleet` beyond
+MAX_MINUTES = 24 * 60
+# Open files the demo's process holds: a base (Python, the fleet, the center's pipe) and per
+# device its outbox (SQLite: database, WAL, shared memory) and its MQTT client (a socket and
+# paho's wake-up socket pair); a device behind a link-fault proxy holds three more.
+FILES_BASE, FILES_PER_DEVICE, FILES_PER_PROXY = 64, 6, 3
 
 
 class DemoError(SimulatorError):
@@ -332,9 +339,34 @@ async def _start_proxies(
     return proxies
 
 
+def open_files_needed(devices: int, proxied: int = 0) -> int:
+    return FILES_BASE + FILES_PER_DEVICE * devices + FILES_PER_PROXY * proxied
+
+
+def ensure_open_files(devices: int, proxied: int = 0) -> None:
+    """Refuse a run the open-file limit cannot hold, before anything is made, instead of
+    failing later with "unable to open database file". The soft limit is raised up to the
+    hard one when that is enough; beyond it, the message says what to raise."""
+    need = open_files_needed(devices, proxied)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        return
+    raise DemoError(
+        f"--devices {devices} needs about {need:,} open files and this shell allows {hard:,}: "
+        f"raise the limit (`ulimit -n {need}`, as root or in /etc/security/limits.conf) "
+        "or run fewer devices"
+    )
+
+
 async def run_demo(opts: DemoOptions, progress: ProgressSink) -> dict[str, object]:
-    if opts.devices < 1 or opts.minutes <= 0:
-        raise DemoError("--devices must be at least 1 and --minutes above 0")
+    if not 1 <= opts.devices <= MAX_DEVICES or not 0 < opts.minutes <= MAX_MINUTES:
+        raise DemoError(
+            f"--devices must be 1 to {MAX_DEVICES:,} and --minutes above 0 and at most "
+            f"{MAX_MINUTES:,}"
+        )
     wall0 = time.monotonic()
     with contextlib.ExitStack() as stack:
         workdir = run_folder(stack, opts.workdir, "picket-demo-", DemoError)
@@ -342,6 +374,7 @@ async def run_demo(opts: DemoOptions, progress: ProgressSink) -> dict[str, objec
         faults = plan_faults(
             opts.faults, devices=opts.devices, shift_ms=int(opts.minutes * 60_000), seed=opts.seed
         )
+        ensure_open_files(opts.devices, len(faults.routed))
         trust = stack.enter_context(Fleet.init(workdir / "fleet", int(time.time() * 1000)))
         broker = Mosquitto(workdir / "broker", tls_dir=workdir / "broker-tls")
         write_broker_config(trust, workdir / "broker-tls", broker.port, int(time.time() * 1000))

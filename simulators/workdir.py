@@ -1,6 +1,6 @@
 """Where a simulated run keeps its files (the demo, `picket sim dock`, the fleet): the folder
 the user named, made if missing and refused if an earlier run's center is in it (its records
-would mix with this run's), or a temporary folder that goes with the run."""
+would mix with this run's) or if it is a file, or a temporary folder that goes with the run."""
 
 from __future__ import annotations
 
@@ -23,7 +23,12 @@ def run_folder(
     if wanted is None:
         made = tempfile.TemporaryDirectory(prefix=prefix, dir=temp_parent)
         return Path(stack.enter_context(made))
-    wanted.mkdir(parents=True, exist_ok=True)
+    if wanted.exists() and not wanted.is_dir():
+        raise error(f"{wanted} is not a folder: name a new or empty folder for the run's files")
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot make folder {wanted}: {exc.strerror or exc}") from exc
     if (wanted / "center.db").exists() and not reuse:
         raise error(f"{wanted} already holds a run (center.db); use a new folder")
     return wanted

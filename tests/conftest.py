@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +38,13 @@ async def _no_leftover_tasks() -> object:
     current = asyncio.current_task()
     left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
     assert not left, f"tasks left running: {[t.get_name() for t in left]}"
+
+
+@pytest.fixture(autouse=True)
+def _machine_left_whole(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test after which /dev/null is no longer the null device: the tests run as root
+    in CI, and a write that replaces its target atomically must never replace a device."""
+    yield
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode), (
+        f"{request.node.nodeid} replaced /dev/null with a regular file"
+    )

@@ -23,6 +23,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peers import no_fds_left
@@ -34,6 +35,7 @@ from agent.gnss.timekeeper import Stamp
 from agent.radio.bridgelink import BridgeLink
 from agent.radio.settings import BridgeConfig, parse_bridge_section
 from agent.store.outbox import Built, Outbox, Stored
+from contract.cose import sign1
 from contract.fix import Fix, TimeSource
 from contract.records import (
     AlertKey,
@@ -418,6 +420,34 @@ def test_bundles_refuse_tampering_other_fleets_and_boards() -> None:
         open_bundle(other, CENTER.public_key())
     with pytest.raises(BundleError, match="not a firmware bundle"):
         open_bundle(b"\x00" * 10, CENTER.public_key())
+
+
+@pytest.mark.parametrize(
+    ("changes", "word"),
+    [
+        ({"kind": 2**20000}, "kind an integer of about 6021 digits"),
+        ({"v": 2**20000}, "format an integer of about 6021 digits"),
+        ({"board": 2**20000}, "for board an integer of about 6021 digits"),
+        ({"version": [2**20000, 0, 0]}, "version a list that cannot be shown"),
+        ({"version": 2**20000}, "version an integer of about 6021 digits"),
+        ({2**20000: 1}, "unknown field.s. an integer of about 6021 digits"),
+        ({f"x{i}": 1 for i in range(9)}, "unknown field.s. x0, x1, x2, x3, x4 and 4 more"),
+    ],
+    ids=["kind", "format", "board", "version-item", "version", "field", "many-fields"],
+)
+def test_bundle_values_too_long_to_print_are_named_briefly(
+    changes: dict[object, object], word: str
+) -> None:
+    # Fuzz reproducers: str()/repr() of a 6,021-digit integer raised ValueError out of
+    # open_bundle instead of its BundleError.
+    image = sim_image((1, 1, 0), size=200)
+    doc: dict[object, object] = {
+        "kind": "picket-firmware", "v": 1, "version": [1, 1, 0], "board": BOARD,
+        "image": image, "sha256": hashlib.sha256(image).digest(),
+    }  # fmt: skip
+    doc.update(changes)
+    with pytest.raises(BundleError, match=word):
+        open_bundle(sign1(cbor2.dumps(doc), CENTER), CENTER.public_key())
 
 
 async def test_update_that_confirms(sim_factory: Callable[..., McuSim]) -> None:

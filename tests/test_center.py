@@ -292,7 +292,7 @@ def test_malformed_body_names_the_problem(tmp_path: Path) -> None:
     bad = _mutated("body fails validate_body (point is a number)")
     ingest.handle(records_topic("h0001"), Batch(1, (bad,)).encode(), 0)
     [(detail,)] = rows(db, "SELECT detail FROM refused")
-    assert detail == "check-in key 16 (point) must be text"
+    assert detail == "check-in key 16 (point) must be text of at most 128 UTF-8 bytes"
 
 
 # --- the devices table: each key that verified a stored record -----------------------------------

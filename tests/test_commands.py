@@ -189,6 +189,25 @@ def _header(ctype: int = 4) -> dict[int, object]:
     return {1: ctype, 2: DEVICE, 4: 1, 5: T0, 6: T0 + 60_000}
 
 
+def _cert_of_version(version: int) -> bytes:
+    """A self-signed certificate whose version field says `version` (3 is v3, 0..2 real)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    key = ec.derive_private_key(7, ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEVICE)])
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    builder = builder.public_key(key.public_key()).serial_number(1).not_valid_before(t)
+    der = builder.not_valid_after(t + dt.timedelta(days=1)).sign(key, hashes.SHA256())
+    raw = der.public_bytes(Encoding.DER)
+    at = raw.index(bytes.fromhex("a003020102")) + 4  # [0] EXPLICIT INTEGER 2 (v3)
+    return raw[:at] + bytes([version]) + raw[at + 1 :]
+
+
 INVALID: dict[str, tuple[dict[int, object], str]] = {
     "unknown setting": ({**_header(), 16: {"colour": "red"}}, "unknown setting 'colour'"),
     "setting of the wrong type": (
@@ -205,6 +224,16 @@ INVALID: dict[str, tuple[dict[int, object], str]] = {
     "no lines": ({**_header(1), 16: 3, 17: "2026-03-01", 18: []}, "line ids"),
     "twice a line": ({**_header(1), 16: 3, 17: "2026-03-01", 18: ["L1", "L1"]}, "distinct"),
     "expires before issued": ({**_header(2), 5: T0 + 60_001, 16: CHALLENGE}, "before"),
+    # fuzz reproducers: str() of a 6,021-digit key raised ValueError; a certificate of an
+    # unknown X.509 version raised InvalidVersion (not a ValueError) out of the verifier
+    "unknown key too long to print": (
+        {**_header(2), 16: CHALLENGE, 2**20000: 1},
+        "unknown key an integer of about 6021 digits",
+    ),
+    "rotation certificate of version 8": (
+        {**_header(5), 16: _cert_of_version(7)},
+        "not a DER X.509 certificate",
+    ),
 }
 
 

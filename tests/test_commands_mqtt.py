@@ -43,6 +43,7 @@ from picket.commandcmd import (
     roll_call_async,
 )
 from provisioning.center import create_center_key, load_center_key
+from provisioning.fleet import Fleet
 from provisioning.registry import Registry
 from simulators.broker import Mosquitto, free_port
 from simulators.nmea import gga, rmc
@@ -149,6 +150,10 @@ async def test_roll_call_cli_lists_who_answered_where_and_who_did_not(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
     fleet = tmp_path / "fleet"
+    err = io.StringIO()
+    assert key(parse("key", "--fleet", str(fleet)), io.StringIO(), err) == 2  # no fleet yet
+    assert "not a fleet folder" in err.getvalue()
+    Fleet.init(fleet, now_ms()).close()  # `picket provision init`
     assert key(parse("key", "--fleet", str(fleet)), io.StringIO(), io.StringIO()) == 0
     db = tmp_path / "center.db"
     async with (

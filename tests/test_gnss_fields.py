@@ -199,6 +199,10 @@ def test_date_ddmmyy(text: str, expected: dt.date | None) -> None:
         ("32", "01", "2025", None),
         ("01", "13", "2025", None),
         ("00", "01", "2025", None),
+        # fuzz reproducer ($GPZDA,,3,11111111111,1994): datetime raised OverflowError
+        ("3", "11111111111", "1994", None),
+        ("99999999999999999999", "1", "1994", None),
+        ("001", "01", "2025", None),
     ],
 )
 def test_date_zda(day: str, month: str, year: str, expected: dt.date | None) -> None:
@@ -317,3 +321,38 @@ def test_time_and_date_fields_never_raise(a: str, b: str, c: str) -> None:
 )
 def test_non_ascii_digits_give_none(call: Callable[[], object]) -> None:
     assert call() is None
+
+
+# --------------------------------------------------------------------------- figures out of sense
+
+
+def test_integer_too_long_for_a_field_is_none() -> None:
+    assert f.integer("1" * 20) == int("1" * 20)
+    assert f.integer("1" * 21) is None
+    assert f.integer("9" * 5000) is None  # int() refuses past 4,300 digits
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.9", 0.9),
+        ("0", 0.0),
+        ("99.99", 99.99),
+        ("-1", None),  # fuzz reproducer: a negative HDOP made a negative accuracy
+        ("-0.5", None),
+        ("nan", None),
+        ("inf", None),
+        ("1e308", None),  # × UERE would be infinite
+        ("", None),
+    ],
+)
+def test_dop_is_a_sensible_figure_or_none(text: str, expected: float | None) -> None:
+    assert f.dop(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1.5", 1.5), ("0", 0.0), ("-2.0", None), ("1e308", None), ("nan", None)],
+)
+def test_error_m_is_a_sensible_figure_or_none(text: str, expected: float | None) -> None:
+    assert f.error_m(text) == expected

@@ -45,6 +45,7 @@ from agent.gnss.sources import (
     SourceStatus,
     parse_source_url,
 )
+from agent.gnss.urls import check_source, host_problem
 from contract.fix import Constellation, Fix, FixMode, Quality, TimeSource
 from simulators.nmea import gga, rmc
 
@@ -194,6 +195,18 @@ BAD = [
     ("file://", "no file path"),
     ("file:///x.log#frag", "fragment"),
     ("gpsd:localhost", "missing '//'"),
+    # hostile and broken text (issue 15): refused here, never a traceback later
+    ("gpsd://[::1", "not a valid URL"),
+    ("tcp://[::1:5000", "not a valid URL"),
+    ("file://%00", "the path holds a control character"),
+    ("file:///log%0a.nmea", "the path holds a control character"),
+    ("serial:///dev/tty%00USB0", "the path holds a control character"),
+    ("tcp://host\x00:1", "holds a control character"),
+    ("gpsd://exa%20mple", "is not a host name or an IP address"),
+    ("tcp://-bad-.example:1", "is not a host name or an IP address"),
+    ("tcp://a..b:1", "is not a host name or an IP address"),
+    ("tcp://" + "a" * 64 + ":1", "is not a host name or an IP address"),
+    ("file:///" + "x" * 5000, "at most 4096"),
 ]
 
 
@@ -207,6 +220,48 @@ def test_good_urls_parse_and_round_trip(url: str, spec: SourceSpec) -> None:
 def test_bad_urls_name_the_problem(url: str, problem: str) -> None:
     with pytest.raises(SourceError, match=problem.replace("?", r"\?")):
         parse_source_url(url)
+
+
+@given(st.text(max_size=60) | st.text(max_size=60).map(lambda t: "tcp://" + t))
+def test_any_text_is_a_source_or_a_source_error(text: str) -> None:
+    try:
+        spec = parse_source_url(text)
+    except SourceError as exc:
+        assert str(exc)
+        return
+    assert spec.path.isprintable() and spec.host.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("127.0.0.1", None),
+        ("::1", None),
+        ("broker.example.org", None),
+        ("broker.example.org.", None),
+        ("mqtt_1", None),
+        ("", "is empty"),
+        ("\x00", "holds a space or a control character"),
+        ("bro ker", "holds a space or a control character"),
+        ("[::1]", "is an IPv6 address in brackets"),
+        ("bücher.example", "is not a host name"),
+        ("a" * 254, "is not a host name"),
+    ],
+)
+def test_host_names_are_checked(host: str, problem: str | None) -> None:
+    assert host_problem(host) == problem or (problem and problem in (host_problem(host) or ""))
+
+
+def test_check_source_refuses_a_log_that_cannot_be_replayed(tmp_path: Path) -> None:
+    check_source(parse_source_url("serial:///dev/ttyNOPE"))  # may be plugged in later
+    check_source(parse_source_url("tcp://127.0.0.1:1"))
+    log = tmp_path / "walk.nmea"
+    log.write_text("")
+    check_source(parse_source_url(str(log)))
+    with pytest.raises(SourceError, match=r"nope\.nmea: No such file or directory"):
+        check_source(parse_source_url(str(tmp_path / "nope.nmea")))
+    with pytest.raises(SourceError, match="is a folder, not an NMEA log"):
+        check_source(parse_source_url(f"file://{tmp_path}"))
 
 
 # --------------------------------------------------------------------------- gpsd decoder
@@ -337,6 +392,25 @@ def test_gpsd_accuracy_fallbacks(
 def test_gpsd_status_maps_to_quality(status: int | None, quality: Quality) -> None:
     (fix,) = GpsdDecoder().feed(tpv(status=status))
     assert fix.quality is quality
+
+
+@pytest.mark.parametrize(
+    ("changes", "sky", "accuracy"),
+    [
+        ({"epx": -3.0, "epy": -4.0}, {}, 10.0),  # negative: no epx/epy, so eph / 2
+        ({"epx": 1e308, "epy": 1e308, "eph": 1e308}, {}, 0.9 * UERE_M),  # hypot: inf
+        ({"epx": None, "eph": -20.0}, {"hdop": -1}, None),  # nothing sensible left
+        ({"epx": None, "eph": 10**400}, {"hdop": 1e308}, None),  # too large for a float
+    ],
+    ids=["negative-epx", "huge-errors", "negative-eph-hdop", "huge-int"],
+)
+def test_gpsd_impossible_errors_and_dops_are_no_figure(
+    changes: dict[str, object], sky: dict[str, object], accuracy: float | None
+) -> None:
+    (fix,) = GpsdDecoder().feed(line({**SKY, **sky}) + tpv(**changes))
+    assert fix.accuracy_m == (None if accuracy is None else pytest.approx(accuracy))
+    assert fix.hdop is None or 0 <= fix.hdop <= 1000
+    assert fix.pdop is None or 0 <= fix.pdop <= 1000
 
 
 def test_gpsd_tpv_without_time_and_2d() -> None:

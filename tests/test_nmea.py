@@ -1218,3 +1218,40 @@ def test_corpus_beidou_gb_counts_beidou_satellites() -> None:
     assert parser.stats.no_fix_cycles == 3  # its first cycles have no fix
     assert parser.sky.in_view[Constellation.BEIDOU] == 11
     assert parser.sky.in_view[Constellation.GPS] == 18
+
+
+# --------------------------------------------------------------------------- hostile figures
+
+
+def test_zda_with_an_overflowing_month_costs_only_the_date() -> None:
+    # Fuzz reproducer: datetime raised OverflowError out of NmeaParser.feed.
+    p = NmeaParser()
+    assert p.feed(b"$GPZDA,,3,11111111111,1994\r\n") == []
+    assert p.feed(sentence("GPZDA,123519.00,3,11111111111,1994,00,00")) == []
+    (fix,) = p.feed(gga_s("123520.00")) + p.flush()
+    assert fix.time_ms is None
+
+
+def test_a_negative_hdop_is_no_hdop() -> None:
+    # Fuzz reproducer: -1 in GSA's HDOP gave a Fix with accuracy -3 m.
+    p = NmeaParser()
+    fixes = p.feed(gga_s("123519.00", hdop="-1") + sentence("GPGSA,A,3,04,05,,,,,,,,,,,2.5,-1,2.1"))
+    (fix,) = fixes + p.flush()
+    assert (fix.hdop, fix.accuracy_m, fix.pdop) == (None, None, 2.5)
+
+
+def test_an_astronomical_dop_or_gst_error_is_no_figure() -> None:
+    p = NmeaParser()
+    data = gga_s("123519.00", hdop="1e308") + sentence(
+        "GPGST,123519.00,1.0,2.0,1.5,45.0,1e308,-1,2.5"
+    )
+    (fix,) = p.feed(data) + p.flush()
+    assert (fix.hdop, fix.accuracy_m, fix.accuracy_from_gst) == (None, None, False)
+
+
+def test_a_date_of_9999_12_31_carried_over_midnight_is_dropped() -> None:
+    # The next day does not exist in datetime: the date is distrusted, not an OverflowError.
+    p = NmeaParser()
+    fixes = p.feed(sentence("GPZDA,235959.00,31,12,9999,00,00") + gga_s("235959.00"))
+    fixes += p.feed(gga_s("000001.00")) + p.flush()
+    assert [fx.time_ms is None for fx in fixes] == [False, True]

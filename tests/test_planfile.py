@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.checkin import planchecks
 from agent.checkin.plan import Assignment, Line, Plan, Point, Tier, Window, Zone
 from agent.checkin.planfile import (
     PlanError,
@@ -559,9 +560,12 @@ def test_plan_check_unreadable(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 # --- properties ----------------------------------------------------------------------------
 
-ids = st.text(min_size=1, max_size=6)
-reals = st.floats(allow_nan=False, allow_infinity=False)
-positives = st.floats(min_value=0, exclude_min=True, allow_infinity=False)
+# text as a plan may hold it: no lone surrogates, no control characters (see the hostile
+# strings below for the rest)
+letters = st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp", "Cf"))
+ids = st.text(letters, min_size=1, max_size=6)
+reals = st.floats(-1000, 20_000)
+positives = st.floats(min_value=0, max_value=1000, exclude_min=True)
 positions = st.tuples(st.floats(-180, 180), st.floats(-90, 90))
 windows = st.just(Window(0, 1440)) | st.builds(
     lambda start, length: Window(start, start + length),
@@ -576,7 +580,7 @@ def plans(draw: st.DrawFn) -> Plan:
     zones = tuple(
         Zone(
             z,
-            draw(st.text(max_size=6)),
+            draw(st.text(letters, max_size=6)),
             draw(st.just(()) | st.lists(positions, min_size=3, max_size=5).map(
                 lambda r: (*r, r[0]))),
         )
@@ -590,7 +594,7 @@ def plans(draw: st.DrawFn) -> Plan:
         band = draw(st.none() | st.tuples(reals, reals).filter(lambda b: b[0] < b[1]))
         points.append(
             Point(
-                pid, lat, lon, draw(positives), draw(st.floats(0, allow_infinity=False)),
+                pid, lat, lon, draw(positives), draw(st.floats(0, 86_400)),
                 draw(st.none() | positives), draw(tiers), draw(zone_refs),
                 None if band is None else band[0], None if band is None else band[1],
             )
@@ -709,3 +713,143 @@ def test_the_example_in_the_docs_is_a_valid_plan() -> None:
         utc_ms("2026-03-01T14:00Z"),
         utc_ms("2026-03-01T16:00Z"),
     )
+
+
+# --- hostile strings and numbers (issue 15) ------------------------------------------------
+
+P001 = "point 'P001' (feature 0)"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            _set("P001", id="P\ud800"),
+            "point (feature 0): id is not text: a lone surrogate U+D800"
+            ' at character 1, got "P\\ud800"',
+        ),
+        (_set("P001", id="P\x00"), "point (feature 0): id holds a control character U+0000"),
+        (_set("P001", id="P\u202e1"), "point (feature 0): id holds a control character U+202E"),
+        (_set("P001", id="P" * 33), "point (feature 0): id is 33 bytes long in UTF-8; at most 32"),
+        (_set("P001", id="点" * 11), "id is 33 bytes long in UTF-8; at most 32"),
+        (
+            _set("P001", radius_m=10**5000),
+            f"{P001}: radius_m must be at most 10000 (metres), "
+            "got a whole number of about 5000 digits",
+        ),
+        (_set("P001", radius_m=1e300), f"{P001}: radius_m must be at most 10000 (metres)"),
+        (_set("P001", dwell_s=86_401), f"{P001}: dwell_s must be at most 86400 (seconds)"),
+        (_set("P001", max_speed_mps=10**20), f"{P001}: max_speed_mps must be at most 1000"),
+        (
+            _set("P001", alt_min_m=-1e9, alt_max_m=10),
+            f"{P001}: alt_min_m must be a number >= -1000 (metres)",
+        ),
+        (_set("P001", zone="Z\ud800"), f"{P001}: zone is not text: a lone surrogate"),
+        (_set("L01", points=["P001", "P\ud800"]), "points[1] is not text: a lone surrogate"),
+        (_set("Z01", name="x" * 257), "name is 257 bytes long in UTF-8; at most 256"),
+        (_set("Z01", name="a\nb"), "name holds a control character U+000A"),
+        (_assignment(0, device="h" * 65), "device is 65 bytes long in UTF-8; at most 64"),
+        (_assignment(0, lines=["L\udfff"]), "lines[0] is not text: a lone surrogate U+DFFF"),
+        (_picket(name="\ud800"), "picket: name is not text: a lone surrogate"),
+        (
+            _picket(version=10**5000),
+            "picket: version must be a whole number 0..4294967295, got"
+            " a whole number of about 5000 digits",
+        ),
+    ],
+)
+def test_hostile_text_and_numbers_are_named(mutate: Callable[[Doc], None], expected: str) -> None:
+    doc = shuangfu()
+    mutate(doc)
+    report = check_plan(doc)
+    assert report.plan is None
+    assert any(expected in problem for problem in report.problems), report.problems
+    "\n".join(report.problems + report.warnings).encode("utf-8")  # printable as it stands
+
+
+def test_a_number_of_more_than_4300_digits_in_a_file_is_one_problem(tmp_path: Path) -> None:
+    path = tmp_path / "plan.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": [], "version": ' + "7" * 5000 + "}")
+    report = check_file(path)
+    assert report.problems == [
+        "a number has more than 4300 digits; no value in a plan is that long"
+    ]
+    with pytest.raises(PlanError, match="more than 4300 digits"):
+        load_plan(path)
+
+
+def test_a_file_too_large_to_be_a_plan_is_not_read_to_its_end(tmp_path: Path) -> None:
+    report = check_file(Path("/dev/zero"))
+    assert report.problems == ["larger than 32 MiB: not a plan (is the path right?)"]
+
+
+# Tokens spliced into a plan's JSON text in place of one value: what a hostile or broken
+# file may hold that json.dumps would never write.
+HOSTILE_TOKENS = [
+    "9" * 5000, "-" + "9" * 4301, "1e400", "-1e400", "NaN", "Infinity", "-Infinity",
+    "1e-400", "18446744073709551616", "-0.0", '"\\ud800"', '"P\\udfff1"', '"\\u0000"',
+    '"\\u202eP001"', '"\\u2028"', '"' + "P" * 33 + '"', '"' + "x" * 10_000 + '"', '""',
+    '"\\ud83d\\ude00"', "[[[[[[[[[[1]]]]]]]]]]", "{}", "[]", "true", "null",
+]  # fmt: skip
+hostile_text = st.text(st.characters(), max_size=40) | st.sampled_from(
+    ["\ud800", "P\x00", "\u202eP", "\U0001f600" * 9, "P" * 33, "\n", " ", "\ufeff"]
+)
+hostile_numbers = (
+    st.integers() | st.floats() | st.sampled_from([10**400, -(10**5000), 2**64, 2**32, -1])
+)
+
+
+@given(st.data(), st.sampled_from(HOSTILE_TOKENS) | hostile_text.map(json.dumps))
+@settings(max_examples=300)
+def test_a_plan_file_with_any_hostile_token_loads_or_raises_plan_error(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject, token: str
+) -> None:
+    doc = shuangfu()
+    slots: list[tuple[Any, object]] = []
+    _slots(doc, slots)
+    container, key = data.draw(st.sampled_from(slots))
+    container[key] = "@@SLOT@@"
+    path = tmp_path_factory.mktemp("hostile") / "plan.geojson"
+    path.write_text(json.dumps(doc).replace('"@@SLOT@@"', token), encoding="utf-8")
+    try:
+        plan = load_plan(path)
+    except PlanError as exc:
+        assert exc.problems and all(p.encode("utf-8") for p in exc.problems)
+        assert str(exc).encode("utf-8")
+        return
+    _assert_sane(plan)
+
+
+@given(st.data(), hostile_text | hostile_numbers)
+@settings(max_examples=500)
+def test_any_hostile_string_or_number_in_a_plan_gives_a_report(
+    data: st.DataObject, junk: object
+) -> None:
+    doc = shuangfu()
+    slots: list[tuple[Any, object]] = []
+    _slots(doc, slots)
+    container, key = data.draw(st.sampled_from(slots))
+    container[key] = junk
+    report = check_plan(doc)
+    assert (report.plan is None) == bool(report.problems)
+    "\n".join(report.problems + report.warnings).encode("utf-8")
+    if report.plan is not None:
+        _assert_sane(report.plan)
+
+
+def _assert_sane(plan: Plan) -> None:
+    """What the loader promises of a plan it returns: ids fit a record, numbers in bounds."""
+    ids = [p.id for p in plan.points] + [ln.id for ln in plan.lines] + [z.id for z in plan.zones]
+    ids += [pid for ln in plan.lines for pid in ln.point_ids]
+    ids += [a.team for a in plan.assignments if a.team is not None]
+    for text in ids:
+        assert planchecks.text_problem(text, planchecks.MAX_ID_BYTES) is None, text
+    for p in plan.points:
+        assert 0 < p.radius_m <= planchecks.MAX_RADIUS_M
+        assert 0 <= p.dwell_s <= planchecks.MAX_DWELL_S
+        assert p.max_speed_mps is None or 0 < p.max_speed_mps <= planchecks.MAX_SPEED_MPS
+        for alt in (p.alt_min_m, p.alt_max_m):
+            low, high = planchecks.ALT_LIMITS_M
+            assert alt is None or low <= alt <= high
+    for z in plan.zones:
+        z.name.encode("utf-8")

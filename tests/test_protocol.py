@@ -7,9 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from contract.bounds import SEQ_MAX
 from contract.errors import RemoteError
 from contract.protocol import (
     ALL_RECORDS,
+    MAX_ACK_BYTES,
     MAX_BATCH,
     Ack,
     Batch,
@@ -175,6 +177,21 @@ def test_decode_ack_refuses(name: str) -> None:
         decode_ack(cbor2.dumps(value))
 
 
+def test_decode_ack_refuses_a_reason_too_long_to_print() -> None:
+    # Fuzz reproducer: a refusal reason of 6,021 digits. str() of it raises ValueError
+    # (Python's 4,300-digit limit); the message must quote it briefly instead.
+    with pytest.raises(RemoteError, match="unknown refusal reason an integer of about 6021 digits"):
+        decode_ack(cbor2.dumps({1: 1, 3: [[1, 2**20000]]}))
+    with pytest.raises(RemoteError, match="unknown refusal reason -1"):
+        decode_ack(cbor2.dumps({1: 1, 3: [[1, -1]]}))
+
+
+def test_decode_ack_refuses_an_oversized_ack_before_decoding_it() -> None:
+    # A header claiming 2**32 items decodes nothing: the size is refused first.
+    with pytest.raises(RemoteError, match=f"at most {MAX_ACK_BYTES}"):
+        decode_ack(b"\x9b" + b"\xff" * 8 + bytes(MAX_ACK_BYTES))
+
+
 # --- fuzz: decoders either return a value or raise RemoteError (h11's invariant) ------------
 
 CBOR_VALUES = st.recursive(
@@ -210,17 +227,17 @@ def test_decoders_on_arbitrary_cbor(value: object) -> None:
     _decode_or_remote_error(cbor2.dumps(value))
 
 
-@given(st.integers(min_value=0, max_value=2**64 - 1), st.lists(st.binary(max_size=40)))
+@given(st.integers(min_value=0, max_value=SEQ_MAX), st.lists(st.binary(max_size=40)))
 def test_batch_round_trip_property(bid: int, records: list[bytes]) -> None:
     batch = Batch(bid, tuple(records[:MAX_BATCH]))
     assert decode_batch(batch.encode()) == batch
 
 
 @given(
-    st.integers(min_value=0, max_value=2**64 - 1),
-    st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=20),
+    st.integers(min_value=0, max_value=SEQ_MAX),
+    st.lists(st.integers(min_value=0, max_value=SEQ_MAX), max_size=20),
     st.lists(
-        st.tuples(st.integers(min_value=0, max_value=2**64 - 1), st.sampled_from(Refusal)),
+        st.tuples(st.integers(min_value=0, max_value=SEQ_MAX), st.sampled_from(Refusal)),
         max_size=20,
     ),
 )

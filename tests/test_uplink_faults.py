@@ -446,6 +446,7 @@ def _certificates(tmp_path: Path) -> tuple[Path, Path, Path]:
             serialization.NoEncryption(),
         )
     )
+    paths[2].chmod(0o600)  # a private key only its owner may read, or BrokerTls refuses it
     return paths
 
 
@@ -465,5 +466,10 @@ def test_tls_context_from_the_device_certificate(tmp_path: Path) -> None:
         BrokerTls(ca, None, key).context()
     with pytest.raises(LocalError, match="cannot load"):
         BrokerTls(ca, tmp_path / "missing.pem").context()
+    not_a_key = tmp_path / "not-a-key.pem"  # a certificate where the key should be, 0600
+    not_a_key.write_bytes(ca.read_bytes())
+    not_a_key.chmod(0o600)
     with pytest.raises(LocalError, match="cannot load"):
-        BrokerTls(ca, cert, ca).context()  # a certificate where the key should be
+        BrokerTls(ca, cert, not_a_key).context()
+    with pytest.raises(LocalError, match="too open"):
+        BrokerTls(ca, cert, ca).context()  # readable by all: refused before it is read

@@ -18,6 +18,7 @@ import enum
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -38,6 +39,23 @@ MINUTES_PER_DAY = 1440
 UTC_OFFSET_LIMITS_MIN = (-12 * 60, 14 * 60)  # the offsets civil time uses: -12:00 .. +14:00
 MAX_VERSION = 2**32 - 1  # carried in every check-in; the center stores it as an integer
 MAX_RING_MESSAGES = 1  # a ring drawn wrong is usually wrong everywhere: name one, count the rest
+# Ids travel in records (a check-in's point, a missed point's line: docs/records.md), and a
+# signed record must fit one LoRa frame: a check-in is 160 bytes at worst with a 4-byte point
+# id, so 32 bytes leaves it well inside the 255-byte packet. Names are only for people.
+MAX_ID_BYTES = 32
+MAX_DEVICE_ID_BYTES = 64  # contract.protocol.DEVICE_ID: at most 64 characters
+MAX_NAME_BYTES = 256
+# Sane bounds for a point's numbers: past them a value is a typo (or hostile), never a plan.
+MAX_RADIUS_M = 10_000.0  # 10 km: a geofence wider than a district
+MAX_DWELL_S = 86_400.0  # a day
+MAX_SPEED_MPS = 1_000.0  # faster than anything that patrols
+ALT_LIMITS_M = (-1_000.0, 20_000.0)  # below the Dead Sea's shore to above any drone
+# Unicode that is not text (lone surrogates), or that changes how a line prints: control
+# characters, line and paragraph separators, bidirectional overrides.
+_NOT_TEXT = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 _CLOCK = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 _OFFSET = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
@@ -65,10 +83,16 @@ class Findings:
     warnings: list[str] = field(default_factory=list)
 
     def problem(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}" if where else message)
+        self.problems.append(_printable(f"{where}: {message}" if where else message))
 
     def warn(self, where: str, message: str) -> None:
-        self.warnings.append(f"{where}: {message}" if where else message)
+        self.warnings.append(_printable(f"{where}: {message}" if where else message))
+
+
+def _printable(message: str) -> str:
+    """A message that can be printed: what is not text (a lone surrogate from the file)
+    is written as its escape, so printing a message never fails."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +108,44 @@ class Part:
 
 
 def show(value: object, limit: int = 60) -> str:
-    """A value in JSON spelling, shortened: how the technician wrote it."""
+    """A value in JSON spelling, shortened: how the technician wrote it.
+
+    Never raises: what cannot be spelt (a lone surrogate, an integer of thousands of digits,
+    nesting too deep) is escaped or described instead, since messages are printed."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a whole number of about {int(value.bit_length() * 0.30103)} digits"
     try:
         text = json.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value)  # \\u escapes for what is not text
     except (TypeError, ValueError, RecursionError):
-        text = repr(value)
+        text = f"a {type(value).__name__} that cannot be shown"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quoted(value: str, limit: int = 40) -> str:
+    """A text as Python quotes it (control characters and surrogates escaped), shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def text_problem(value: str, max_bytes: int) -> str | None:
+    """Why `value` cannot be an id or a name (None: it can): empty, not text, a character
+    that changes how it prints, or longer than `max_bytes` in UTF-8."""
+    if not value:
+        return "must be non-empty text"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        bad = f"U+{ord(value[exc.start]):04X}"
+        return f"is not text: a lone surrogate {bad} at character {exc.start}"
+    for i, char in enumerate(value):
+        if unicodedata.category(char) in _NOT_TEXT or char in _BIDI_CONTROLS:
+            return f"holds a control character U+{ord(char):04X} at character {i}"
+    if size > max_bytes:
+        return f"is {size} bytes long in UTF-8; at most {max_bytes} are allowed"
+    return None
 
 
 def number(value: object) -> float | None:
@@ -112,13 +168,15 @@ def measure(
     *,
     above: float | None = None,
     at_least: float | None = None,
+    at_most: float | None = None,
 ) -> float | None:
     """props[key] as a number in bounds; None when absent or (reported) bad."""
     value = props.get(key)
     if value is None:
         return None
-    f = number(value)
-    if f is None or (above is not None and f <= above) or (at_least is not None and f < at_least):
+    f = _magnitude(value)
+    low_ok = (above is None or f > above) and (at_least is None or f >= at_least)
+    if not low_ok or math.isnan(f) or (at_most is None and math.isinf(f)):
         bound = ""
         if above is not None:
             bound = f" above {above:g}"
@@ -126,15 +184,49 @@ def measure(
             bound = f" >= {at_least:g}"
         out.problem(where, f"{key} must be a number{bound} ({unit}), got {show(value)}")
         return None
+    if at_most is not None and f > at_most:
+        out.problem(where, f"{key} must be at most {at_most:g} ({unit}), got {show(value)}")
+        return None
     return f
 
 
-def text(props: Json, key: str, where: str, out: Findings) -> str | None:
+def _magnitude(value: object) -> float:
+    """A JSON number as a float for comparing with bounds: an int too large for a float is
+    an infinity of its sign; anything that is not a number (bools, text) is NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def text(
+    props: Json, key: str, where: str, out: Findings, max_bytes: int = MAX_ID_BYTES
+) -> str | None:
+    """props[key] as text that can be an id (or, with a larger `max_bytes`, a name)."""
     value = props.get(key)
     if value is None:
         return None
     if not isinstance(value, str) or not value:
         out.problem(where, f"{key} must be non-empty text, got {show(value)}")
+        return None
+    why = text_problem(value, max_bytes)
+    if why is not None:
+        out.problem(where, f"{key} {why}, got {show(value)}")
+        return None
+    return value
+
+
+def reference(value: object, label: str, noun: str, where: str, out: Findings) -> str | None:
+    """An entry of a list of ids (a line's points, an assignment's lines) that can be an id;
+    None, reported, when it cannot."""
+    if not isinstance(value, str) or not value:
+        out.problem(where, f"{label} must be a {noun} id (text), got {show(value)}")
+        return None
+    why = text_problem(value, MAX_ID_BYTES)
+    if why is not None:
+        out.problem(where, f"{label} {why}, got {show(value)}")
         return None
     return value
 
@@ -200,7 +292,9 @@ def classify(index: int, feature: object, out: Findings) -> Part | None:
     gtype = geometry.get("type") if geometry else None
     raw_kind, raw_id = props.get("kind"), props.get("id")
     if raw_kind is None and gtype != "Point":
-        drawn = f"a {gtype}" if isinstance(gtype, str) else "a feature without geometry"
+        drawn = f"a {show(gtype)}" if gtype is not None else "a feature without geometry"
+        if isinstance(gtype, str) and gtype.isidentifier():
+            drawn = f"a {gtype}"
         out.warn(at, f"ignored: {drawn} with no 'kind' is not a point, line or zone")
         return None
     if raw_kind is not None and not (isinstance(raw_kind, str) and raw_kind in _KIND_VALUES):
@@ -208,7 +302,12 @@ def classify(index: int, feature: object, out: Findings) -> Part | None:
         return None
     kind = Kind(raw_kind or Kind.POINT)
     if isinstance(raw_id, str) and raw_id:
-        return Part(kind, index, raw_id, f"{kind} {raw_id!r} ({at})", geometry, props)
+        why = text_problem(raw_id, MAX_ID_BYTES)
+        if why is None:
+            return Part(kind, index, raw_id, f"{kind} {raw_id!r} ({at})", geometry, props)
+        where = f"{kind} ({at})"
+        out.problem(where, f"id {why}, got {show(raw_id)}")
+        return Part(kind, index, None, where, geometry, props)
     if raw_kind is None:  # a Point drawn without an id: a landmark, not a patrol point
         why = "no 'id'" if raw_id is None else f"an id that is not text ({show(raw_id)})"
         hint = "; the Feature's own 'id' is not used" if "id" in feature else ""
@@ -230,13 +329,16 @@ def check_point(part: Part, zones: Collection[str], out: Findings) -> Point | No
         out.problem(where, "coordinates are missing")
     else:
         pos = position(geometry["coordinates"], "coordinates", where, out)
-    radius = measure(props, "radius_m", "metres", where, out, above=0)
-    dwell = measure(props, "dwell_s", "seconds", where, out, at_least=0)
-    speed = measure(props, "max_speed_mps", "metres per second", where, out, above=0)
+    radius = measure(props, "radius_m", "metres", where, out, above=0, at_most=MAX_RADIUS_M)
+    dwell = measure(props, "dwell_s", "seconds", where, out, at_least=0, at_most=MAX_DWELL_S)
+    speed = measure(
+        props, "max_speed_mps", "metres per second", where, out, above=0, at_most=MAX_SPEED_MPS
+    )
     point_tier = tier(props, where, out)
     zone = zone_ref(props, zones, where, out)
-    alt_min = measure(props, "alt_min_m", "metres", where, out)
-    alt_max = measure(props, "alt_max_m", "metres", where, out)
+    low, high = ALT_LIMITS_M
+    alt_min = measure(props, "alt_min_m", "metres", where, out, at_least=low, at_most=high)
+    alt_max = measure(props, "alt_max_m", "metres", where, out, at_least=low, at_most=high)
     given = [k for k in ("alt_min_m", "alt_max_m") if props.get(k) is not None]
     if len(given) == 1:
         out.problem(
@@ -295,8 +397,8 @@ def _line_points(props: Json, points: Collection[str], where: str, out: Findings
         out.problem(where, f"points must be a non-empty array of point ids, got {show(ids)}")
         return []
     for k, pid in enumerate(ids):
-        if not isinstance(pid, str) or not pid:
-            out.problem(where, f"points[{k}] must be a point id (text), got {show(pid)}")
+        if reference(pid, f"points[{k}]", "point", where, out) is None:
+            pass
         elif pid not in points:
             out.problem(where, f"points[{k}] names unknown point {pid!r}")
         elif k and pid == ids[k - 1]:
@@ -368,7 +470,7 @@ def _ring(value: object, label: str, where: str, out: Findings) -> tuple[tuple[f
 def check_zone(part: Part, out: Findings) -> Zone | None:
     where, geometry = part.where, part.geometry
     before = len(out.problems)
-    name = text(part.props, "name", where, out) or ""
+    name = text(part.props, "name", where, out, MAX_NAME_BYTES) or ""
     ring: tuple[tuple[float, float], ...] = ()
     if geometry is not None:
         rings = geometry.get("coordinates")
@@ -399,9 +501,10 @@ def check_assignment(
     before = len(out.problems)
     for key in ("device", "team"):
         if isinstance(value.get(key), str):
-            where += f" ({key} {value[key]!r})"
+            where += f" ({key} {quoted(value[key])})"
             break
-    device, team = text(value, "device", where, out), text(value, "team", where, out)
+    device = text(value, "device", where, out, MAX_DEVICE_ID_BYTES)
+    team = text(value, "team", where, out)
     if value.get("device") is None and value.get("team") is None:
         out.problem(where, "needs a device or a team")
     names = value.get("lines")
@@ -409,15 +512,15 @@ def check_assignment(
         out.problem(where, f"lines must be a non-empty array of line ids, got {show(names)}")
         names = []
     for k, lid in enumerate(names):
-        if not isinstance(lid, str) or not lid:
-            out.problem(where, f"lines[{k}] must be a line id (text), got {show(lid)}")
+        if reference(lid, f"lines[{k}]", "line", where, out) is None:
+            pass
         elif lid not in lines:
             out.problem(where, f"lines[{k}] names unknown line {lid!r}")
     date = _date(value.get("date"))
     if date is None:
         out.problem(where, f"date must be a date YYYY-MM-DD, got {show(value.get('date'))}")
     for key in sorted(value.keys() - ASSIGNMENT_MEMBERS):
-        out.warn(where, f"unknown member {key!r} ignored")
+        out.warn(where, f"unknown member {quoted(key)} ignored")
     if len(out.problems) > before or date is None:
         return None
     return Assignment(tuple(names), date, device, team)
@@ -470,8 +573,8 @@ def check_header(doc: Json, out: Findings) -> tuple[int, int]:
                 f"got {show(meta['utc_offset'])}",
             )
         offset = parsed or 0
-    text(meta, "name", "picket", out)
+    text(meta, "name", "picket", out, MAX_NAME_BYTES)
     for key in sorted(meta.keys() - PICKET_MEMBERS):
-        out.warn("picket", f"unknown member {key!r} ignored")
+        out.warn("picket", f"unknown member {quoted(key)} ignored")
     version = inner_v if inner_v is not None else outer_v if outer_v is not None else 1
     return version, offset

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The largest plan file read. A district's plan is well under 1 MiB; this only stops a wrong
+# path (/dev/zero, a disk image) from being read into memory without end.
+MAX_PLAN_BYTES = 32 * 1024 * 1024
 
 
 class PlanError(AgentError):
@@ -140,9 +145,15 @@ def parse_plan(doc: object, source: Path | str = "<plan>") -> Plan:
 def read_document(path: Path) -> object:
     """A plan file's JSON; PlanError when it cannot be read or is not JSON (one problem)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as fh:
+            data = fh.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:
         raise PlanError(path, [f"cannot read: {exc.strerror or exc}"]) from exc
+    except ValueError as exc:  # a path with a NUL byte in it
+        raise PlanError(path, [f"cannot read: {exc}"]) from exc
+    if len(data) > MAX_PLAN_BYTES:
+        limit = MAX_PLAN_BYTES // (1024 * 1024)
+        raise PlanError(path, [f"larger than {limit} MiB: not a plan (is the path right?)"])
     try:
         return json.loads(data.decode("utf-8-sig"))  # -sig: GIS tools on Windows write a BOM
     except UnicodeDecodeError as exc:
@@ -152,6 +163,10 @@ def read_document(path: Path) -> object:
         raise PlanError(path, [f"not valid JSON at {where}: {exc.msg}"]) from exc
     except RecursionError as exc:
         raise PlanError(path, ["not valid JSON: nested too deeply"]) from exc
+    except ValueError as exc:  # an integer of more digits than Python converts
+        digits = sys.get_int_max_str_digits()
+        why = f"a number has more than {digits} digits; no value in a plan is that long"
+        raise PlanError(path, [why]) from exc
 
 
 def check_file(path: Path) -> PlanReport:

@@ -40,9 +40,12 @@ from pathlib import Path
 
 from agent.checkin.device import DeviceAgent
 from agent.checkin.plan import AgendaItem, Assignment, Plan
+from agent.errors import StorageError
 from agent.gnss.timekeeper import Stamp
 from agent.identity import rotation
+from agent.store.cmdfloor import read_floor, write_floor
 from agent.store.outbox import Builder, Built, Stored
+from agent.store.schema import SQL_INT_MAX
 from contract.commands import (
     DOCK_COMMANDS,
     Command,
@@ -131,6 +134,39 @@ class CommandExecutor:
         self._on_reminder = on_reminder
         self.identity = identity
         self._on_rotated = on_rotated
+        self.floor_path: Path | None = None  # `keep_floor`: the floor kept beside the keys
+        self._file_floor = 0
+
+    # -- the replay floor ----------------------------------------------------------------------
+
+    def keep_floor(self, path: Path) -> None:
+        """Keep the replay floor also in the file at `path` (agent/store/cmdfloor.py), next
+        to the device's keys, so that losing the outbox cannot reset it; brings the file
+        level with the outbox (a kill may have come between an answer and its write)."""
+        self.floor_path = path
+        self._file_floor = read_floor(path, self.agent.device)
+        if self.agent.outbox.last_command() > self._file_floor:
+            self._write_floor(self.agent.outbox.last_command())
+        elif self._file_floor > self.agent.outbox.last_command():
+            log.warning(
+                "%s: the outbox knows commands up to %d, the floor file up to %d: older "
+                "numbers are refused as replays",
+                self.agent.device, self.agent.outbox.last_command(), self._file_floor,
+            )  # fmt: skip
+
+    def last_command(self) -> int:
+        """The replay floor: the highest command number answered, by the outbox or the file."""
+        return max(self.agent.outbox.last_command(), self._file_floor)
+
+    def _write_floor(self, number: int) -> None:
+        if self.floor_path is None or number <= self._file_floor:
+            return
+        try:
+            write_floor(self.floor_path, self.agent.device, number)
+        except StorageError as exc:  # the outbox holds the answer: the floor stands there
+            log.error("%s: %s", self.agent.device, exc)
+            return
+        self._file_floor = number
 
     # -- state derived from the outbox -------------------------------------------------------
 
@@ -194,7 +230,11 @@ class CommandExecutor:
             self._ignore(NO_TIME, "the device does not know the time yet")
             return Handled(None, NO_TIME)
         now = stamp.time_ms
-        verdict = self.verifier.check(raw, now, self.agent.outbox.last_command())
+        verdict = self.verifier.check(raw, now, self.last_command())
+        if any(v is not None and not 0 <= v <= SQL_INT_MAX for v in (verdict.number, verdict.type)):
+            detail = f"command {verdict.number} (type {verdict.type}) is beyond what can be stored"
+            self._ignore("number out of range", detail)  # the contract bounds it lower
+            return Handled(None, "number out of range", None)
         if isinstance(verdict, Refusal):
             if not verdict.answered:
                 self._ignore(verdict.reason.value, verdict.detail)
@@ -262,6 +302,7 @@ class CommandExecutor:
             command=raw,
             builds=builds,
         )
+        self._write_floor(number)
         if outcome is Outcome.DONE:
             self.stats.done += 1
             log.info("%s: command %d (type %d) done", self.agent.device, number, command_type)

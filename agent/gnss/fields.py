@@ -2,7 +2,10 @@
 
 Receivers leave fields empty, pad them, or put garbage in them (the corpus has a date of
 "2208-1"); every function here returns None for anything it cannot read instead of
-raising, so one bad field costs that field, never the sentence or the stream.
+raising, so one bad field costs that field, never the sentence or the stream. That
+includes numbers out of any sense: a day of 11111111111 (which `datetime` refuses with an
+OverflowError), an integer too long for `int()`, a negative or astronomical dilution of
+precision or error estimate (which would make a negative or infinite accuracy).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from contract.fix import Constellation
 
 KNOT_MPS = 1852.0 / 3600.0
 MS_PER_DAY = 86_400_000
+MAX_INT_TEXT = 20  # characters of an integer field: more is garbage (and int() may refuse it)
+MAX_DOP = 1000.0  # receivers cap a DOP at 99.99 ("unknown"); past this it is garbage
+MAX_ERROR_M = 10_000_000.0  # an error estimate in metres: past a quarter of the Earth, garbage
 
 
 def num(text: str) -> float | None:
@@ -36,9 +42,24 @@ def digits(text: str) -> bool:
 
 
 def integer(text: str) -> int | None:
-    if not _INT.fullmatch(text):
+    if len(text) > MAX_INT_TEXT or not _INT.fullmatch(text):
         return None
     return int(text)
+
+
+def within(value: float | None, high: float) -> float | None:
+    """`value` if it is 0..`high`, else None: a negative, NaN or huge figure is no figure."""
+    return value if value is not None and 0.0 <= value <= high else None
+
+
+def dop(text: str) -> float | None:
+    """A dilution of precision: 0..MAX_DOP, else None."""
+    return within(num(text), MAX_DOP)
+
+
+def error_m(text: str) -> float | None:
+    """An error estimate in metres (GST): 0..MAX_ERROR_M, else None."""
+    return within(num(text), MAX_ERROR_M)
 
 
 def coordinate(value: str, hemi: str, degree_digits: int) -> float | None:
@@ -92,9 +113,11 @@ def date_ddmmyy(text: str) -> dt.date | None:
 def date_zda(day: str, month: str, year: str) -> dt.date | None:
     if not (digits(day) and digits(month) and digits(year) and len(year) == 4):
         return None
+    if len(day) > 2 or len(month) > 2:  # a day of 11111111111 overflows datetime's C int
+        return None
     try:
         return dt.date(int(year), int(month), int(day))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 

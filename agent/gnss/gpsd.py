@@ -124,8 +124,9 @@ class GpsdDecoder:
 
     def _sky(self, r: dict[str, object]) -> None:
         fig = self._figures
-        fig.hdop = _num(r.get("hdop"), fig.hdop)
-        fig.pdop = _num(r.get("pdop"), fig.pdop)
+        hdop, pdop = (f.within(_num(r.get(k)), f.MAX_DOP) for k in ("hdop", "pdop"))
+        fig.hdop = fig.hdop if hdop is None else hdop  # absent or impossible: the last holds
+        fig.pdop = fig.pdop if pdop is None else pdop
         sats = r.get("satellites")
         if not isinstance(sats, list):
             return  # a DOP-only SKY: the satellites of the last full one still hold
@@ -153,7 +154,7 @@ class GpsdDecoder:
             self.stats.malformed += 1
             return []
         fig = self._figures
-        epx, epy, eph = _num(r.get("epx")), _num(r.get("epy")), _num(r.get("eph"))
+        epx, epy, eph = (f.within(_num(r.get(k)), f.MAX_ERROR_M) for k in ("epx", "epy", "eph"))
         if epx is not None and epy is not None:
             accuracy: float | None = math.hypot(epx, epy) / 2  # 95 % per axis → 1 sigma
         elif eph is not None:
@@ -201,10 +202,15 @@ def _report(line: bytes) -> tuple[object, bool]:
 
 
 def _num(value: object, default: float | None = None) -> float | None:
-    """A finite JSON number, else `default` (bool is an int in Python, but not a number here)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return default
+    """A finite JSON number, else `default` (bool is an int in Python, but not a number here;
+    an integer of 400 digits is one for JSON, but too large for a float)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return default
+    try:
+        v = float(value)
+    except OverflowError:
+        return default
+    return v if math.isfinite(v) else default
 
 
 def _time_ms(value: object) -> int | None:

@@ -253,6 +253,9 @@ class NmeaParser:
         if self._date is None or c.tod is None or self._date_tod is None:
             return None
         if c.tod < self._date_tod - 43_200_000:  # the time of day wrapped: a new day
+            if self._date == dt.date.max:  # a receiver at 9999-12-31: no day after it
+                self._date = None
+                return None
             self._date += dt.timedelta(days=1)
         self._date_tod = c.tod
         return self._date
@@ -264,7 +267,7 @@ class NmeaParser:
             return f.epoch_ms(date, tod), TimeSource.GNSS
         behind = (self.not_before - date).days
         k = math.ceil(behind / ROLLOVER_DAYS)
-        if k <= MAX_ROLLOVERS:
+        if k <= MAX_ROLLOVERS and date <= dt.date.max - dt.timedelta(days=k * ROLLOVER_DAYS):
             self.stats.rollover_corrected += 1
             return f.epoch_ms(
                 date + dt.timedelta(days=k * ROLLOVER_DAYS), tod
@@ -301,7 +304,7 @@ class NmeaParser:
             c.mode = max(c.mode, FixMode.FIX_2D if sats == 3 else FixMode.FIX_3D)
         self._position(f.coordinate(d[1], d[2], 2), f.coordinate(d[3], d[4], 3), 3, Quality(q))
         c.sats = sats
-        c.hdop = f.num(d[7]) if len(d) > 7 else c.hdop
+        c.hdop = f.dop(d[7]) if len(d) > 7 else c.hdop
         c.alt = f.num(d[8]) if len(d) > 8 else None
 
     def _rmc(self, _talker: str, d: list[str]) -> None:
@@ -326,7 +329,7 @@ class NmeaParser:
         q = max((MODE_INDICATOR.get(m, Quality.GPS) for m in valid), key=_quality_order)
         self._position(f.coordinate(d[1], d[2], 2), f.coordinate(d[3], d[4], 3), 3, q)
         c.sats = f.integer(d[6])
-        c.hdop = f.num(d[7]) if len(d) > 7 else c.hdop
+        c.hdop = f.dop(d[7]) if len(d) > 7 else c.hdop
         c.alt = f.num(d[8]) if len(d) > 8 else None
 
     def _gll(self, _talker: str, d: list[str]) -> None:
@@ -356,11 +359,11 @@ class NmeaParser:
                 which = f.constellation_of_prn(prn)
             c.used.setdefault(which, set()).add(prn)
         if len(d) > 16:
-            c.pdop = f.num(d[14]) or c.pdop
-            c.hdop = f.num(d[15]) or c.hdop
+            c.pdop = f.dop(d[14]) or c.pdop
+            c.hdop = f.dop(d[15]) or c.hdop
 
     def _gst(self, _talker: str, d: list[str]) -> None:
-        lat_err, lon_err = f.num(d[5]), f.num(d[6])
+        lat_err, lon_err = f.error_m(d[5]), f.error_m(d[6])
         if lat_err is not None and lon_err is not None:
             self._cycle.gst = math.hypot(lat_err, lon_err)
 

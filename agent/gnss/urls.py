@@ -7,13 +7,20 @@
     path                              the same as file://path
 
 Every refusal names the URL and what is wrong with it (unknown scheme, missing port, a baud
-rate that is not a standard one, an unknown parameter), so a technician can fix a config
-file from the message alone.
+rate that is not a standard one, an unknown parameter, a host that is not a host name, a
+control character), so a technician can fix a config file from the message alone.
+`check_source` adds the one check that needs the file system, before a source is used: a
+log to replay must be there and readable (a serial device may be plugged in later).
+`host_problem` is the host-name rule, shared with the broker's host in config.toml.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
+import os
+import re
+import stat
 from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
@@ -22,6 +29,8 @@ from contract.serialport import STANDARD_BAUDS
 
 DEFAULT_BAUD = 9600
 GPSD_PORT = 2947
+MAX_URL = 4096  # PATH_MAX: no source URL is longer
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # one label of a host name (RFC 1123)
 
 
 class SourceError(AgentError):
@@ -66,16 +75,50 @@ class SourceSpec:
 _PARAMS = {Scheme.SERIAL: ("baud",), Scheme.FILE: ("pace",), Scheme.TCP: (), Scheme.GPSD: ()}
 
 
-def parse_source_url(url: str) -> SourceSpec:
+def host_problem(host: str) -> str | None:
+    """Why `host` is neither a host name nor an IP address (None: it is one)."""
+    if not host:
+        return "is empty"
+    if any(c.isspace() or not c.isprintable() for c in host):
+        return "holds a space or a control character"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if host.startswith("[") and host.endswith("]"):
+        return "is an IPv6 address in brackets: give it without them"
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "is not a host name or an IP address"
+    return None
+
+
+def _clean(url: str) -> str:
+    """The URL without surrounding spaces; refused when empty, overlong or not printable."""
     text = url.strip()
     if not text:
         raise SourceError("empty GNSS source URL")
+    if len(text) > MAX_URL:
+        raise SourceError(f"GNSS source URL of {len(text)} characters: at most {MAX_URL}")
+    if any(not c.isprintable() for c in text):
+        raise SourceError(f"GNSS source {url!r}: holds a control character")
+    return text
+
+
+def parse_source_url(url: str) -> SourceSpec:
+    text = _clean(url)
     if "://" not in text:
         head, colon, _ = text.partition(":")
         if colon and head.lower() in {s.value for s in Scheme}:
             raise SourceError(f"GNSS source {url!r}: missing '//' after '{head}:'")
         return SourceSpec(Scheme.FILE, path=text)  # a bare path is a file to replay
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # "Invalid IPv6 URL": a '[' without its ']'
+        raise SourceError(
+            f"GNSS source {url!r}: not a valid URL ({exc}; an IPv6 host is written [::1])"
+        ) from None
     try:
         scheme = Scheme(parts.scheme.lower())
     except ValueError:
@@ -90,12 +133,14 @@ def parse_source_url(url: str) -> SourceSpec:
         path = unquote(parts.netloc + parts.path)  # file://relative/path is relative
         if not path:
             raise SourceError(f"GNSS source {url!r}: no file path")
+        _printable_path(url, path)
         pace = params.get("pace", Pace.FAST.value)
         if pace not in {p.value for p in Pace}:
             raise SourceError(f"GNSS source {url!r}: pace {pace!r} is not 'realtime' or 'fast'")
         return SourceSpec(scheme, path=path, pace=Pace(pace))
     if scheme is Scheme.SERIAL:
         path = unquote(parts.path)
+        _printable_path(url, path)
         if parts.netloc or not path.startswith("/"):
             raise SourceError(
                 f"GNSS source {url!r}: a serial device needs an absolute path, "
@@ -111,10 +156,18 @@ def parse_source_url(url: str) -> SourceSpec:
     return _network(url, scheme, parts)
 
 
+def _printable_path(url: str, path: str) -> None:
+    if any(not c.isprintable() for c in path):
+        raise SourceError(f"GNSS source {url!r}: the path holds a control character (%00?)")
+
+
 def _network(url: str, scheme: Scheme, parts: SplitResult) -> SourceSpec:
     host = parts.hostname
     if not host:
         raise SourceError(f"GNSS source {url!r}: missing host")
+    why = host_problem(host)
+    if why is not None:
+        raise SourceError(f"GNSS source {url!r}: host {host!r} {why}")
     if "@" in parts.netloc:
         raise SourceError(f"GNSS source {url!r}: user names and passwords are not supported")
     if parts.path not in ("", "/"):
@@ -141,3 +194,18 @@ def _params(url: str, scheme: Scheme, query: str) -> dict[str, str]:
             raise SourceError(f"GNSS source {url!r}: parameter {key!r} given twice")
         out[key] = value
     return out
+
+
+def check_source(spec: SourceSpec) -> None:
+    """Refuse a file to replay that is not there or cannot be read, naming it. Other
+    sources are not checked here: a receiver may be plugged in, or a server start, later."""
+    if spec.scheme is not Scheme.FILE:
+        return
+    try:
+        mode = os.stat(spec.path).st_mode
+    except OSError as exc:
+        raise SourceError(f"GNSS source {spec}: cannot open {spec.path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise SourceError(f"GNSS source {spec}: {spec.path} is a folder, not an NMEA log")
+    if not os.access(spec.path, os.R_OK):
+        raise SourceError(f"GNSS source {spec}: {spec.path} cannot be read (permission denied)")

@@ -46,6 +46,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import StorageError
 from agent.store.eviction import evict, priority
@@ -53,12 +54,14 @@ from agent.store.recovery import (
     RESERVE_BLOCK,
     Reservation,
     Salvage,
+    aside_path,
     inspect,
     move_aside,
     read_reserve,
     resume_chain,
     write_reserve,
 )
+from agent.store.salvage import Rescue, SalvageReport, past, rescue
 from agent.store.schema import (
     INDEXES,
     INSERT,
@@ -66,6 +69,7 @@ from agent.store.schema import (
     PENDING,
     SET_CHAIN,
     SET_META,
+    SQL_INT_MAX,
     TABLES,
     Priority,
     chain_in,
@@ -73,7 +77,11 @@ from agent.store.schema import (
     storage_error,
     transaction,
 )
+from contract.keyfiles import check_replaceable
 from contract.records import ChainPosition, Eviction, RecordType, chain_hash
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +127,10 @@ class Outbox:
         *,
         cap_bytes: int | None = None,
         on_evict: EvictionBuilder | None = None,
+        keys: Sequence[Ed25519PublicKey] = (),
     ) -> None:
+        """`keys`: the device's public record keys, which prove records found in the bytes
+        of a damaged file (agent/store/salvage.py); without them only SQLite's rows are."""
         if cap_bytes is not None and on_evict is None:
             raise ValueError("a size cap needs on_evict: every eviction leaves a DROPPED record")
         self.path = path
@@ -127,12 +138,26 @@ class Outbox:
         self.cap_bytes = cap_bytes
         self.evicted = 0  # records removed by the cap since this outbox was opened
         self.recovered_from: Path | None = None
+        self.salvage: SalvageReport | None = None  # records put back, not yet reported
         self._on_evict = on_evict
+        self._keys = tuple(keys)
         self._cap_warned = False
+        try:  # a device or a folder is never opened, moved aside or replaced as an outbox
+            check_replaceable(path)
+        except OSError as exc:
+            raise StorageError(f"outbox {path}: {exc.strerror}") from exc
         reserve = read_reserve(path, device)
         damage, salvaged = inspect(path)
+        unsalvaged = None  # a damaged file moved aside by a start killed before its salvage
+        if reserve is not None and reserve.salvage is not None:
+            unsalvaged = path.with_name(reserve.salvage)
         if damage is not None:
-            self.recovered_from = move_aside(path)
+            dest = aside_path(path)  # named in the sidecar first: a kill cannot lose it
+            top = (reserve.boot, reserve.seq_limit) if reserve else (0, 1)
+            if salvaged is not None:
+                top = (max(top[0], salvaged.boot), max(top[1], salvaged.seq))
+            write_reserve(path, device, *top, salvage=dest.name)
+            self.recovered_from = unsalvaged = move_aside(path, dest)
             log.error(
                 "outbox %s is damaged (%s): moved aside to %s; a new outbox begins",
                 path, damage, self.recovered_from,
@@ -146,7 +171,10 @@ class Outbox:
             chain = self._read_chain()
             known = chain is not None
             if chain is None:
+                if unsalvaged is not None and unsalvaged.exists():
+                    self.recovered_from = unsalvaged
                 chain = self._begin_chain(reserve, salvaged)  # writes the sidecar first
+            self.salvage = SalvageReport.from_json(self._meta("salvage"))
             self._boot, self._next_seq, self._prev = chain.boot, chain.seq, chain.prev
             self._held = int(
                 self._db.execute("SELECT total(length(raw)) FROM outbox").fetchone()[0]
@@ -192,10 +220,13 @@ class Outbox:
         return chain
 
     def _begin_chain(self, reserve: Reservation | None, salvaged: Salvage | None) -> ChainPosition:
-        """A database without chain state: brand new, or begun again after a loss."""
-        damaged = self.recovered_from is not None
-        chain = resume_chain(self.path, reserve, salvaged, damaged)
-        self._write_reserve(chain.boot, chain.seq)  # before any record can use these numbers
+        """A database without chain state: brand new, or begun again after a loss. After a
+        loss, what the damaged file still holds is put back in the same transaction."""
+        source = self.recovered_from
+        found = None if source is None else rescue(source, self.device, self._keys)
+        chain = resume_chain(self.path, reserve, past(salvaged, found), source is not None)
+        marker = None if source is None else source.name
+        self._write_reserve(chain.boot, chain.seq, marker)  # before any record can use them
         try:
             with self._tx():
                 self._db.executemany(
@@ -207,9 +238,42 @@ class Outbox:
                         ("prev", chain.prev),
                     ],
                 )
+                if source is not None and found is not None:
+                    top = None if salvaged is None else salvaged.seq - 1
+                    self._put_back(found, found.report(source.name, top))
         except sqlite3.Error as exc:
             raise self._error("cannot create", exc) from exc
+        if marker is not None:
+            try:  # the records are back: the sidecar need not name the file any more
+                self._write_reserve(chain.boot, chain.seq)
+            except StorageError as exc:
+                log.warning("%s", exc)
         return chain
+
+    def _put_back(self, found: Rescue, report: SalvageReport | None) -> None:
+        """The rescued records as pending, with their own numbers and bytes; their commands,
+        the last known time and what the daemon must report. Inside `_begin_chain`'s tx."""
+        self._db.executemany(
+            "INSERT OR IGNORE INTO outbox (seq, type, time_ms, raw, refused, priority)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (r.header.seq, r.header.type, r.header.time_ms, r.raw, r.refused, r.priority)
+                for r in found.records
+            ],
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?)", found.commands
+        )
+        if found.time_ms is not None:
+            self._db.execute(SET_META, ("time_ms", found.time_ms))
+        if report is not None:
+            self._db.execute(SET_META, ("salvage", report.to_json()))
+        log.error(
+            "outbox %s: %d records put back from %s; %s",
+            self.path, len(found.records), self.recovered_from,
+            "nothing known lost" if report is None or not report.lost
+            else f"{report.lost} lost between {report.first} and {report.last}",
+        )  # fmt: skip
 
     def _keep_reserve(self, reserve: Reservation | None) -> None:
         """Make the sidecar cover what the database holds (it is missing on first use)."""
@@ -229,14 +293,18 @@ class Outbox:
         except StorageError as exc:
             log.warning("%s", exc)
 
-    def _write_reserve(self, boot: int, seq_limit: int) -> None:
-        write_reserve(self.path, self.device, boot, seq_limit)
+    def _write_reserve(self, boot: int, seq_limit: int, salvage: str | None = None) -> None:
+        write_reserve(self.path, self.device, boot, seq_limit, salvage)
         self._reserve_boot, self._seq_limit = boot, seq_limit
 
     # -- helpers -------------------------------------------------------------------------
 
     def _error(self, what: str, exc: sqlite3.Error | OSError) -> StorageError:
         return storage_error(self.path, what, exc)
+
+    def _meta(self, key: str) -> object:
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else row[0]
 
     def _tx(self) -> contextlib.AbstractContextManager[None]:
         return transaction(self._db)
@@ -407,7 +475,7 @@ class Outbox:
 
     def acknowledge(self, seqs: Iterable[int]) -> int:
         """Delete the records the center's acknowledgement covers; returns how many went."""
-        wanted = [int(s) for s in seqs]
+        wanted = [s for s in map(int, seqs) if 0 < s <= SQL_INT_MAX]  # no other number is held
         if not wanted:
             return 0
         try:
@@ -426,6 +494,8 @@ class Outbox:
 
     def refuse(self, seq: int, reason: str) -> None:
         """The center refused this record: keep it for inspection, stop sending it."""
+        if not 0 < seq <= SQL_INT_MAX:
+            return  # no record has that number
         try:
             with self._tx():
                 self._db.execute("UPDATE outbox SET refused = ? WHERE seq = ?", (reason, seq))
@@ -439,6 +509,9 @@ class Outbox:
 
     def store_time(self, time_ms: int) -> None:
         """Persist the last known good time; it only ever moves forward."""
+        if not 0 <= time_ms <= SQL_INT_MAX:
+            log.warning("outbox %s: time %d ms not stored: out of range", self.path, time_ms)
+            return
         try:
             with self._tx():
                 old = self.stored_time()
@@ -467,10 +540,31 @@ class Outbox:
         transaction: after a crash both are durable or neither is."""
         if not builds:
             raise ValueError("a command is answered with at least its receipt")
+        if not 0 <= number <= SQL_INT_MAX or not 0 <= command_type <= SQL_INT_MAX:
+            raise ValueError(f"command {number} (type {command_type}) cannot be stored")
         receipt = self._next_seq + len(builds) - 1
         row = (number, command_type, outcome, reason, time_ms, command, receipt)
         insert = "INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?, ?)"
         return self._append(tuple(builds), False, (insert, row))
+
+    def report_salvage(self, build: Builder | None) -> Stored | None:
+        """Append the record that states `salvage` (a DROPPED record, agent/health.py) and
+        forget the report, in one transaction; with `build` None (nothing was lost) only
+        forget it. A kill before the commit leaves the report for the next start."""
+        if self.salvage is None:
+            return None
+        forget = ("DELETE FROM meta WHERE k = 'salvage'", ())
+        if build is None:
+            try:
+                with self._tx():
+                    self._db.execute(*forget)
+            except sqlite3.Error as exc:
+                raise self._error("cannot forget the salvage report", exc) from exc
+            self.salvage = None
+            return None
+        stored = self._append((build,), False, forget)[0]
+        self.salvage = None
+        return stored
 
     def answered_commands(self, command_type: int | None = None) -> list[AnsweredCommand]:
         """Commands answered here (of one type, if given), oldest number first."""

@@ -42,16 +42,20 @@ from contract.records import ChainPosition
 log = logging.getLogger(__name__)
 
 RESERVE_BLOCK = 4096  # sequence numbers reserved per sidecar write
+RESERVE_MAX = 2**53 - 1  # above this a sidecar's boot or seq_limit is damage, not history
+SIDECAR_MAX = 4096  # bytes: a sidecar is a few dozen; more is not a sidecar
 _CORRUPT = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """The sidecar: no boot above `boot` has begun, no record reached `seq_limit`."""
+    """The sidecar: no boot above `boot` has begun, no record reached `seq_limit`;
+    `salvage` names a damaged file moved aside whose records are not yet put back."""
 
     device: str
     boot: int
     seq_limit: int
+    salvage: str | None = None
 
     @property
     def used(self) -> bool:
@@ -76,36 +80,63 @@ def sidecar_path(path: Path) -> Path:
 
 
 def read_reserve(path: Path, device: str) -> Reservation | None:
-    """The sidecar of the outbox at `path`; None if there is none, or it was unreadable (then
-    it is moved aside)."""
+    """The sidecar of the outbox at `path`; None if there is none, or it cannot be believed
+    (then it is moved aside and logged): not UTF-8 JSON, not the three fields, a number that
+    is not an integer in 0..RESERVE_MAX (NaN, a float, a bool, 10**30), another device's."""
     reserve_path = sidecar_path(path)
     try:
-        text = reserve_path.read_text()
+        with reserve_path.open("rb") as f:
+            data = f.read(SIDECAR_MAX + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise storage_error(path, "cannot read sidecar", exc) from exc
+    problem: object
     try:
-        d = json.loads(text)
-        reserve = Reservation(d["device"], d["boot"], d["seq_limit"])
-        if not (
-            isinstance(reserve.device, str)
-            and all(type(v) is int and v >= 0 for v in (reserve.boot, reserve.seq_limit))
-        ):
-            raise TypeError(reserve)
-    except (ValueError, TypeError, KeyError) as exc:
-        aside = move_aside(reserve_path)
-        log.error("outbox sidecar %s is unreadable (%s): moved to %s", path, exc, aside)
-        return None
+        if len(data) > SIDECAR_MAX:
+            raise ValueError(f"over {SIDECAR_MAX} bytes")
+        d = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+        reserve = Reservation(d["device"], d["boot"], d["seq_limit"], d.get("salvage"))
+        problem = _implausible(path, reserve, device)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        problem = exc
+    if problem is None:
+        return reserve
+    aside = move_aside(reserve_path)
+    log.error("outbox sidecar %s is unreadable (%s): moved to %s", path, problem, aside)
+    return None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number")
+
+
+def _implausible(path: Path, reserve: Reservation, device: str) -> str | None:
+    """Why the sidecar's values cannot be believed, or None."""
+    if not isinstance(reserve.device, str):
+        return "device is not text"
     if reserve.device != device:
-        raise StorageError(f"{reserve_path} belongs to device {reserve.device!r}, not {device!r}")
-    return reserve
+        return f"it belongs to device {reserve.device[:80]!r}, not {device!r}"
+    for field, v in (("boot", reserve.boot), ("seq_limit", reserve.seq_limit)):
+        if type(v) is not int or not 0 <= v <= RESERVE_MAX:
+            return f"{field} {str(v)[:40]} is not an integer in 0..{RESERVE_MAX}"
+    aside = reserve.salvage
+    if aside is not None and not (
+        isinstance(aside, str) and aside.startswith(f"{path.name}.damaged-") and "/" not in aside
+    ):
+        return f"salvage {str(aside)[:80]!r} is not a damaged outbox of this one"
+    return None
 
 
-def write_reserve(path: Path, device: str, boot: int, seq_limit: int) -> None:
+def write_reserve(
+    path: Path, device: str, boot: int, seq_limit: int, salvage: str | None = None
+) -> None:
     """Atomically replace the sidecar: temp file, fsync, rename, fsync the directory."""
     reserve_path = sidecar_path(path)
-    data = json.dumps({"device": device, "boot": boot, "seq_limit": seq_limit})
+    fields: dict[str, object] = {"device": device, "boot": boot, "seq_limit": seq_limit}
+    if salvage is not None:
+        fields["salvage"] = salvage
+    data = json.dumps(fields)
     tmp = reserve_path.with_name(reserve_path.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as f:
@@ -220,14 +251,20 @@ def _companions(path: Path) -> list[Path]:
     return [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
 
 
-def move_aside(path: Path) -> Path:
-    """Rename `path` (with its -wal and -shm) to PATH.damaged-<UTC time>; returns the new name."""
+def aside_path(path: Path) -> Path:
+    """A free name PATH.damaged-<UTC time>[-n] for `path` (and its -wal and -shm)."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     dest = path.with_name(f"{path.name}.damaged-{stamp}")
     n = 1
     while any(p.exists() for p in (dest, *_companions(dest))):
         dest = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
         n += 1
+    return dest
+
+
+def move_aside(path: Path, dest: Path | None = None) -> Path:
+    """Rename `path` (with its -wal and -shm) to `dest` (default: `aside_path`); returns it."""
+    dest = aside_path(path) if dest is None else dest
     try:  # the database first: a -wal left behind is an orphan, found and moved next time
         for src, dst in zip((path, *_companions(path)), (dest, *_companions(dest)), strict=True):
             if src.exists():

@@ -23,6 +23,7 @@ from agent.errors import StorageError
 from contract.records import PREV_LEN, ChainPosition, chain_hash
 
 INSERT_CHUNK = 100  # rows per INSERT statement: 500 variables, under SQLite's oldest limit
+SQL_INT_MAX = 2**63 - 1  # the largest SQLite INTEGER: binding a larger int raises OverflowError
 
 
 class Priority(enum.IntEnum):

@@ -237,7 +237,7 @@ class Uplink:
         client = aiomqtt.Client(
             self.broker.host,
             self.broker.port,
-            identifier=f"picket-{self.device}",
+            identifier=self.device,  # its certificate's name: the broker binds the two
             logger=_paho_log,
             keepalive=opts.keepalive_s,
             timeout=opts.connect_timeout_s,
