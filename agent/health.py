@@ -30,14 +30,12 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.store.outbox import Built, Outbox, Stored
+from agent.store.outbox import Outbox, Stored, signed
 from contract.fix import Fix, Quality, TimeSource
 from contract.records import (
-    ChainPosition,
     DroppedKey,
     Eviction,
     RecordType,
-    build,
     dropped_body,
     health_body,
 )
@@ -98,18 +96,9 @@ def store_health(
 ) -> Stored:
     """Sign `body` as a HEALTH record and append it as evictable; returns what was stored."""
 
-    def make(pos: ChainPosition) -> Built:
-        raw = build(
-            key,
-            device=outbox.device,
-            chain=pos,
-            rtype=RecordType.HEALTH,
-            time_ms=time_ms,
-            time_source=time_source,
-            body=body,
-        )
-        return Built(RecordType.HEALTH, time_ms, raw)
-
+    make = signed(
+        key, outbox.device, RecordType.HEALTH, time_ms=time_ms, source=time_source, body=body
+    )
     return outbox.append(make, evictable=True)
 
 
@@ -129,18 +118,9 @@ def store_salvage_report(
     lost = Eviction(report.lost, report.first, report.last, 0, ())
     body = {**dropped_body(lost), DroppedKey.SALVAGED: report.salvaged}
 
-    def make(pos: ChainPosition) -> Built:
-        raw = build(
-            key,
-            device=outbox.device,
-            chain=pos,
-            rtype=RecordType.DROPPED,
-            time_ms=time_ms,
-            time_source=time_source,
-            body=body,
-        )
-        return Built(RecordType.DROPPED, time_ms, raw)
-
+    make = signed(
+        key, outbox.device, RecordType.DROPPED, time_ms=time_ms, source=time_source, body=body
+    )
     return outbox.report_salvage(make)
 
 

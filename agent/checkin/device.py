@@ -17,15 +17,13 @@ from agent.checkin.engine import CheckinEngine, CheckinEvent, Event, MissedEvent
 from agent.checkin.motion import SuspicionEvent
 from agent.checkin.plan import AgendaItem, Plan
 from agent.gnss.nmea import NmeaParser
-from agent.store.outbox import Built, Outbox, Stored
+from agent.store.outbox import Outbox, Stored, signed
 from contract.fix import Fix, TimeSource
 from contract.records import (
-    ChainPosition,
     CheckinKey,
     MissedKey,
     RecordType,
     SuspicionKey,
-    build,
 )
 
 SUSPICION_CODES = {"jump": 1, "time_backwards": 2, "motion_mismatch": 3}
@@ -125,18 +123,7 @@ class DeviceAgent:
         """Sign and store one record (numbered and chained by the outbox), count it, and
         hand it to `on_stored`. `meta`: see `Outbox.append`."""
 
-        def make(pos: ChainPosition) -> Built:
-            raw = build(
-                self.key,
-                device=self.device,
-                chain=pos,
-                rtype=rtype,
-                time_ms=time_ms,
-                time_source=source,
-                body=body,
-            )
-            return Built(rtype, time_ms, raw)
-
+        make = signed(self.key, self.device, rtype, time_ms=time_ms, source=source, body=body)
         stored = self.outbox.append(make, meta=meta)
         self.created[stored.type] += 1
         self.on_stored(stored)

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from agent.checkin.device import DeviceAgent
 from agent.gnss.timekeeper import Stamp
 from agent.radio.settings import BridgeConfig
-from agent.store.outbox import Built, Stored
+from agent.store.outbox import Stored, signed
 from contract.fix import TimeSource
-from contract.records import AlertKind, ChainPosition, RecordType, alert_body, build
+from contract.records import AlertKind, RecordType, alert_body
 from firmware_bridge import messages as m
 from firmware_bridge.host import (
     BatteryReading,
@@ -178,18 +178,9 @@ class BridgeLink:
             battery_pct=None if self.battery is None else self.battery.percent,
         )
 
-        def make(pos: ChainPosition) -> Built:
-            raw = build(
-                agent.key,
-                device=agent.device,
-                chain=pos,
-                rtype=RecordType.ALERT,
-                time_ms=time_ms,
-                time_source=source,
-                body=body,
-            )
-            return Built(RecordType.ALERT, time_ms, raw)
-
+        make = signed(
+            agent.key, agent.device, RecordType.ALERT, time_ms=time_ms, source=source, body=body
+        )
         stored = agent.outbox.append(make)
         agent.created[RecordType.ALERT] += 1
         self.stats.alerts += 1

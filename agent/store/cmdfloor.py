@@ -13,14 +13,12 @@ device's, not a number in 0..FLOOR_MAX) is logged and read as 0: the outbox's fl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from agent.errors import StorageError
-from agent.store.recovery import fsync_dir
+from agent.store.recovery import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +59,7 @@ def _no_constant(name: str) -> object:
 def write_floor(path: Path, device: str, number: int) -> None:
     """Atomically replace the floor at `path`: temp file, fsync, rename, fsync the folder."""
     data = json.dumps({"device": device, "last_command": number}) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        fsync_dir(path.parent)
+        write_durably(path, data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise StorageError(f"command floor {path}: cannot write: {exc}") from exc

@@ -43,7 +43,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,11 +77,15 @@ from agent.store.schema import (
     storage_error,
     transaction,
 )
+from contract.fix import TimeSource
 from contract.keyfiles import check_replaceable
-from contract.records import ChainPosition, Eviction, RecordType, chain_hash
+from contract.records import ChainPosition, Eviction, RecordType, build, chain_hash
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,18 @@ class AnsweredCommand:
 
 Builder = Callable[[ChainPosition], Built]
 EvictionBuilder = Callable[[ChainPosition, Eviction], Built]
+
+
+def signed(key: Ed25519PrivateKey, device: str, rtype: RecordType, *, time_ms: int,
+           source: TimeSource, body: Mapping[int, object]) -> Builder:  # fmt: skip
+    """The builder of one record: signed by `key` once the outbox has numbered it."""
+
+    def make(pos: ChainPosition) -> Built:
+        raw = build(key, device=device, chain=pos, rtype=rtype, time_ms=time_ms,
+                    time_source=source, body=body)  # fmt: skip
+        return Built(rtype, time_ms, raw)
+
+    return make
 
 
 class Outbox:

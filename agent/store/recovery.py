@@ -136,18 +136,9 @@ def write_reserve(
     fields: dict[str, object] = {"device": device, "boot": boot, "seq_limit": seq_limit}
     if salvage is not None:
         fields["salvage"] = salvage
-    data = json.dumps(fields)
-    tmp = reserve_path.with_name(reserve_path.name + ".tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(data + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(reserve_path)
-        fsync_dir(reserve_path.parent)
+        write_durably(reserve_path, json.dumps(fields) + "\n")
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise storage_error(path, "cannot reserve sequence numbers", exc) from exc
 
 
@@ -273,6 +264,23 @@ def move_aside(path: Path, dest: Path | None = None) -> Path:
     except OSError as exc:
         raise StorageError(f"outbox {path}: cannot move the damaged file aside: {exc}") from exc
     return dest
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a power cut leaves the old file or the new one:
+    temp file, fsync, rename, fsync the folder. OSError, with the temp file removed."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        fsync_dir(path.parent)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def fsync_dir(directory: Path) -> None:
