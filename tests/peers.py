@@ -30,9 +30,10 @@ from simulators.broker import Mosquitto
 
 @contextlib.asynccontextmanager
 async def running_center(
-    tmp_path: Path, registry: Path, broker: Mosquitto, *, tls: ssl.SSLContext | None = None
+    db: Path | str, registry: Path, broker: Mosquitto, *, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[CenterService]:
-    service = CenterService(tmp_path / "center.db", registry, broker.host, broker.port, tls=tls)
+    """A center worker on `db` (a SQLite path or a PostgreSQL URL), ready, stopped after."""
+    service = CenterService(db, registry, broker.host, broker.port, tls=tls)
     task = asyncio.create_task(service.run(), name="center")
     try:
         await asyncio.wait_for(service.ready.wait(), timeout=10)

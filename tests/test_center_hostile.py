@@ -12,20 +12,19 @@ Against SQLite and, when one is reachable, PostgreSQL (tests/test_center_pg.py's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiomqtt
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from peers import running_center
 from test_center_pg import Target, target
 
 from center.batch import REFUSED_PREFIX
-from center.service import CenterService
 from center.status import as_json, read_status
 from contract.fix import TimeSource
 from contract.protocol import Ack, Batch, Refusal, ack_topic, decode_ack, records_topic
@@ -66,18 +65,6 @@ class Device:
 
     def good(self) -> bytes:
         return self.record(RecordType.CHECKIN, {16: "P001"})
-
-
-@contextlib.asynccontextmanager
-async def center(db: str, registry: Path, broker: Mosquitto) -> AsyncIterator[CenterService]:
-    service = CenterService(db, registry, broker.host, broker.port)
-    task = asyncio.create_task(service.run(), name="center")
-    try:
-        await asyncio.wait_for(service.ready.wait(), timeout=10)
-        yield service
-    finally:
-        service.stop()
-        await asyncio.wait_for(task, timeout=10)
 
 
 async def next_ack(client: aiomqtt.Client, within_s: float = 15) -> Ack:
@@ -131,7 +118,7 @@ async def test_each_hostile_record_is_refused_and_the_next_good_one_acknowledged
     reg.close()
     junk = bytes(range(256)) * 64  # 16 KiB that is no CBOR map
     async with (
-        center(target.db, tmp_path / "registry.db", broker) as svc,
+        running_center(target.db, tmp_path / "registry.db", broker) as svc,
         aiomqtt.Client(broker.host, broker.port, identifier="picket-h0001") as client,
     ):
         await client.subscribe(ack_topic(DEVICE), qos=1)

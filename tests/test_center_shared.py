@@ -14,14 +14,13 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from peers import wait_for
+from peers import running_center, wait_for
 from test_center_pg import Target, target
 
 from agent.store.outbox import Built, Outbox
@@ -51,18 +50,6 @@ def register(path: Path, keys: dict[str, Ed25519PrivateKey]) -> Path:
         reg.add(dev, key.public_key().public_bytes_raw(), 0)
     reg.close()
     return path
-
-
-@contextlib.asynccontextmanager
-async def worker(db: str, registry: Path, broker: Mosquitto) -> AsyncIterator[CenterService]:
-    service = CenterService(db, registry, broker.host, broker.port)
-    task = asyncio.create_task(service.run(), name="center-worker")
-    try:
-        await asyncio.wait_for(service.ready.wait(), timeout=10)
-        yield service
-    finally:
-        service.stop()
-        await asyncio.wait_for(task, timeout=10)
 
 
 class Fleet:
@@ -131,8 +118,8 @@ async def test_two_workers_share_the_load_and_store_everything_once(
 ) -> None:
     fleet = Fleet(tmp_path, broker, n=20, ack_timeout_ms=15_000)
     async with (
-        worker(target.db, fleet.registry, broker) as a,
-        worker(target.db, fleet.registry, broker) as b,
+        running_center(target.db, fleet.registry, broker) as a,
+        running_center(target.db, fleet.registry, broker) as b,
     ):
         fleet.start()
         for device in fleet.keys:
@@ -172,7 +159,7 @@ async def test_a_worker_cancelled_mid_stream_and_restarted_loses_nothing(
         assert 0 < first.ingest.stats.stored < 1000
         assert fleet.depth() > 0
         await asyncio.sleep(0.5)  # devices publish to a group with no member: nothing lands
-        async with worker(target.db, fleet.registry, broker) as second:
+        async with running_center(target.db, fleet.registry, broker) as second:
             await wait_for(lambda: fleet.depth() == 0, 60, "the outboxes to drain")
     finally:
         await fleet.close()
@@ -272,8 +259,8 @@ async def test_duplicate_deliveries_are_acknowledged_each_time_and_stored_once(
     registry = register(tmp_path / "registry.db", {"h0001": key})
     batch = Batch(11, tuple(checkin(key, "h0001", s) for s in (1, 2, 3))).encode()
     async with (
-        worker(target.db, registry, broker) as a,
-        worker(target.db, registry, broker) as b,
+        running_center(target.db, registry, broker) as a,
+        running_center(target.db, registry, broker) as b,
         aiomqtt.Client(broker.host, broker.port, identifier="picket-h0001") as client,
     ):
         await client.subscribe(ack_topic("h0001"), qos=1)
@@ -292,7 +279,7 @@ async def test_forged_unknown_and_garbage_are_counted_while_the_center_keeps_run
     forged = checkin(Ed25519PrivateKey.generate(), "h0001", 1)
     stranger = checkin(Ed25519PrivateKey.generate(), "h0404", 1)
     async with (
-        worker(target.db, registry, broker) as center,
+        running_center(target.db, registry, broker) as center,
         aiomqtt.Client(broker.host, broker.port, identifier="picket-h0001") as h1,
         aiomqtt.Client(broker.host, broker.port, identifier="picket-h0404") as h404,
     ):
@@ -328,7 +315,7 @@ async def test_state_messages_make_devices_online_and_offline(
         # retained before any center runs: a center that starts later learns it all the same
         await dev.publish(state_topic("h0001"), b"online", qos=1, retain=True)
         await dev.publish(state_topic("h0002"), b"offline", qos=1, retain=True)
-        async with worker(target.db, registry, broker) as center:
+        async with running_center(target.db, registry, broker) as center:
             await wait_for(lambda: center.states == 2, 10, "the retained states")
             now = 1_900_000_000_000
             by = {d.device: d for d in read_status(target.db, now).devices}
