@@ -228,6 +228,9 @@ class LoraGateway:
                 self.connected.clear()
             if self._stop.is_set():
                 break
+            me = asyncio.current_task()  # a cancellation a failing TaskGroup dropped (3.11)
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             failures = 1 if self.stats.connects > connects else failures + 1
             delay = min(self._backoff_max_s, 0.25 * 2 ** min(failures, 16))
             with contextlib.suppress(TimeoutError):

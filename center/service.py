@@ -200,6 +200,12 @@ class CenterService:
                     failures += 1
                     log.error("database failed, reconnecting: %s", eg.exceptions[0])
                 self.ready.clear()
+                # A TaskGroup whose child failed raises the failure and (Python 3.11) drops a
+                # cancellation that landed meanwhile: ask the task, or a cancelled worker
+                # would reconnect and run on (as agent/uplink/mqtt.py does)
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
                 delay = min(10.0, 0.2 * 2 ** min(failures, 6)) * (0.5 + random.random())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
