@@ -30,9 +30,11 @@ from simulators.broker import Mosquitto
 
 @contextlib.asynccontextmanager
 async def running_center(
-    db: Path | str, registry: Path, broker: Mosquitto, *, tls: ssl.SSLContext | None = None
+    where: Path | str, registry: Path, broker: Mosquitto, *, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[CenterService]:
-    """A center worker on `db` (a SQLite path or a PostgreSQL URL), ready, stopped after."""
+    """A center worker, ready, stopped after. `where`: a folder for its center.db (a Path),
+    or the database itself (a str: a SQLite path or a PostgreSQL URL)."""
+    db = where / "center.db" if isinstance(where, Path) else where
     service = CenterService(db, registry, broker.host, broker.port, tls=tls)
     task = asyncio.create_task(service.run(), name="center")
     try:

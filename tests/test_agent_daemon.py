@@ -95,9 +95,7 @@ async def test_agent_checks_in_from_a_receiver_and_time_never_goes_back(
     )
     db = tmp_path / "center.db"
     center = tls_fleet.center_context()
-    async with running_center(
-        tmp_path / "center.db", tls_fleet.registry, tls_fleet.broker, tls=center
-    ):
+    async with running_center(tmp_path, tls_fleet.registry, tls_fleet.broker, tls=center):
         log = await run_agent(files.config, visits, db)
         assert "GNSS finished" in log
         first = center_rows(db)

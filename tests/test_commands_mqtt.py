@@ -122,7 +122,7 @@ async def test_a_roll_call_is_answered_once_with_the_position_and_an_expired_one
     center_key = load_center_key(tmp_path / "fleet")
     db = tmp_path / "center.db"
     challenge = bytes(range(100, 116))
-    async with running_center(tmp_path / "center.db", register(tmp_path), broker):
+    async with running_center(tmp_path, register(tmp_path), broker):
         async with handset(tmp_path, broker, "h0001") as h:
             h.agent.on_fix(Fix(now_ms() - 2_000, 29.2651, 106.2551, accuracy_m=4.0))
             with CommandSigner(center_key, db) as signer:
@@ -157,7 +157,7 @@ async def test_roll_call_cli_lists_who_answered_where_and_who_did_not(
     assert key(parse("key", "--fleet", str(fleet)), io.StringIO(), io.StringIO()) == 0
     db = tmp_path / "center.db"
     async with (
-        running_center(tmp_path / "center.db", register(tmp_path), broker),
+        running_center(tmp_path, register(tmp_path), broker),
         handset(tmp_path, broker, "h0001") as h,
     ):
         h.agent.on_fix(Fix(now_ms() - 1_000, 29.2677, 106.2550, accuracy_m=2.5))
@@ -191,7 +191,7 @@ async def test_dispatch_cli_sets_the_agenda_or_reports_the_refusal(
     db = tmp_path / "center.db"
     today = local_date(now_ms(), PLAN.utc_offset_min)
     async with (
-        running_center(tmp_path / "center.db", register(tmp_path), broker),
+        running_center(tmp_path, register(tmp_path), broker),
         handset(tmp_path, broker, "h0001") as h,
     ):
         argv = ["dispatch", "--fleet", str(fleet), "--db", str(db), "--device", "h0001"]
@@ -277,7 +277,7 @@ async def test_the_daemon_carries_out_commands_and_restores_a_bundle_after_a_res
     box.close()
     db = tmp_path / "center.db"
     today = local_date(now_ms(), 0)
-    async with running_center(tmp_path / "center.db", tls_fleet.registry, broker, tls=center_tls):
+    async with running_center(tmp_path, tls_fleet.registry, broker, tls=center_tls):
         run = AgentRun(cfg)
         task = asyncio.create_task(run.run(), name="agent")
         try:
