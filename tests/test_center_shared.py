@@ -384,3 +384,27 @@ async def test_a_failing_database_acknowledges_nothing_and_the_center_recovers(
         center.stop()
         await asyncio.wait_for(task, timeout=10)
     assert_exactly_once(Target("sqlite", str(db)), {"h0001": 1})
+
+
+async def test_a_worker_cancelled_while_its_session_fails_stops(tmp_path: Path) -> None:
+    """A cancellation that lands while the session is failing ends the worker: aiomqtt turns
+    a cancelled session into MqttError ("disconnected during message iteration"), and a
+    TaskGroup in Python 3.11 then raises that and drops the cancellation. A worker that only
+    caught the error would reconnect and run on, and `wait_for(task)` would never return."""
+    service = CenterService(tmp_path / "center.db", register(tmp_path / "r.db", {}), "::1", 1)
+    started = asyncio.Event()
+
+    async def failing_session() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise aiomqtt.MqttError("Disconnected during message iteration") from None
+
+    service._session = failing_session  # type: ignore[method-assign]  # the race, made certain
+    task = asyncio.create_task(service.run(), name="center-worker")
+    await asyncio.wait_for(started.wait(), timeout=5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)  # asyncio.wait never cancels it again
+    assert task in done, "the cancelled worker ran on"
+    assert task.cancelled()
