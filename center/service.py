@@ -62,6 +62,7 @@ DEFAULT_GROUP = "picket-center"
 # The largest MQTT packet the center takes: a batch at its limit, with room for the fixed
 # header, the topic and the properties.
 MAX_PACKET = MAX_BATCH_BYTES + 65_536
+SESSION_END_S = 2.0  # a cancelled session that has not ended by then is cancelled again
 ALL_STATES = f"{PREFIX}/+/up/state"
 
 T = TypeVar("T")
@@ -186,26 +187,15 @@ class CenterService:
         try:
             while not self._stop.is_set():
                 try:
-                    async with asyncio.TaskGroup() as tg:
-                        session = tg.create_task(self._session(), name="center-session")
-                        stopper = tg.create_task(self._stop.wait(), name="center-stop")
-                        await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                        session.cancel()
-                        stopper.cancel()
+                    await self._one_session()
                     failures = 0
-                except* (aiomqtt.MqttError, OSError, TimeoutError) as eg:
+                except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
                     failures += 1
-                    log.warning("broker link down: %s", eg.exceptions[0])
-                except* StoreError as eg:
+                    log.warning("broker link down: %s", exc)
+                except StoreError as exc:
                     failures += 1
-                    log.error("database failed, reconnecting: %s", eg.exceptions[0])
+                    log.error("database failed, reconnecting: %s", exc)
                 self.ready.clear()
-                # A TaskGroup whose child failed raises the failure and (Python 3.11) drops a
-                # cancellation that landed meanwhile: ask the task, or a cancelled worker
-                # would reconnect and run on (as agent/uplink/mqtt.py does)
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise asyncio.CancelledError
                 delay = min(10.0, 0.2 * 2 ** min(failures, 6)) * (0.5 + random.random())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
@@ -215,6 +205,34 @@ class CenterService:
             self._db.shutdown(wait=False)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wrap_future(closing)
+
+    async def _one_session(self) -> None:
+        """One connection, until it fails, `stop()` is called or this task is cancelled; its
+        failure is raised as it is.
+
+        Not a TaskGroup: a session being cancelled ends in aiomqtt 2.5's `__aexit__`, which
+        waits for the broker's end of the connection without a timeout, and a TaskGroup
+        (3.11) cancels its children once and then waits for them for ever. So the session is
+        cancelled again every SESSION_END_S until it has ended, and a cancellation of this
+        task that lands meanwhile is kept and raised once it has."""
+        session = asyncio.create_task(self._session(), name="center-session")
+        stopper = asyncio.create_task(self._stop.wait(), name="center-stop")
+        try:
+            await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            cancelled = False
+            while not session.done():
+                session.cancel()
+                try:
+                    await asyncio.wait({session}, timeout=SESSION_END_S)
+                except asyncio.CancelledError:
+                    cancelled = True
+            failure = None if session.cancelled() else session.exception()
+            if cancelled:
+                raise asyncio.CancelledError
+        if failure is not None:
+            raise failure
 
     def _close_db(self) -> None:
         self.store.close()
