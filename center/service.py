@@ -62,7 +62,7 @@ DEFAULT_GROUP = "picket-center"
 # The largest MQTT packet the center takes: a batch at its limit, with room for the fixed
 # header, the topic and the properties.
 MAX_PACKET = MAX_BATCH_BYTES + 65_536
-SESSION_END_S = 2.0  # a cancelled session that has not ended by then is cancelled again
+SESSION_END_S = 0.5  # a cancelled session that has not ended by then is cancelled again
 ALL_STATES = f"{PREFIX}/+/up/state"
 
 T = TypeVar("T")
@@ -210,11 +210,13 @@ class CenterService:
         """One connection, until it fails, `stop()` is called or this task is cancelled; its
         failure is raised as it is.
 
-        Not a TaskGroup: a session being cancelled ends in aiomqtt 2.5's `__aexit__`, which
-        waits for the broker's end of the connection without a timeout, and a TaskGroup
-        (3.11) cancels its children once and then waits for them for ever. So the session is
-        cancelled again every SESSION_END_S until it has ended, and a cancellation of this
-        task that lands meanwhile is kept and raised once it has."""
+        Not a TaskGroup, which (3.11) cancels its children once and then waits for them for
+        ever: a cancellation can be lost inside aiomqtt 2.5 (its `publish` waits with
+        `wait_for`, which swallows a cancellation that meets the PUBACK), and its `__aexit__`
+        waits for the broker's end of the connection without a timeout. So the session is
+        cancelled again every SESSION_END_S until it has ended (and stores nothing once it
+        is being cancelled), and a cancellation of this task that lands meanwhile is kept
+        and raised once it has."""
         session = asyncio.create_task(self._session(), name="center-session")
         stopper = asyncio.create_task(self._stop.wait(), name="center-stop")
         try:
@@ -257,7 +259,12 @@ class CenterService:
             await client.subscribe(ALL_STATES, qos=1)
             self.ready.set()
             log.info("center subscribed to %s on %s:%d", self.records_filter, self.host, self.port)
+            me = asyncio.current_task()
             async for message in client.messages:
+                if me is not None and me.cancelling():
+                    # a cancellation an awaited `wait_for` swallowed (3.11: it meets the
+                    # PUBACK it waited for); store nothing more
+                    raise asyncio.CancelledError
                 payload = message.payload
                 topic = message.topic.value
                 raw = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
