@@ -107,8 +107,6 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
-TABLES = ("records", "refused", "devices", "chains", "gaps", "forks", "dropped", "presence")
-
 # One lock for creating the schema: CREATE TABLE IF NOT EXISTS is not safe against another
 # process doing the same at the same moment.
 SCHEMA_LOCK = 0x70696B65  # "pike"
