@@ -5,6 +5,9 @@ One TaskGroup with named tasks: the GNSS reader (source → time keeper → chec
 outbox every PERSIST_S so that time never goes backwards across a reboot. A stop request
 (SIGTERM, SIGINT) closes open visits that met their dwell, writes the time down, and
 lets the uplink finish its current step; nothing stored is ever at risk from stopping.
+A local day's agenda is set before its first fix is judged (or by the tick, when no fix
+comes), with the items this device already settled marked done (agent/checkin/device.py):
+a restart, however abrupt, reports no window missed twice and no visited point as missed.
 
 With `center_key` in the config, signed commands from the center arrive through the
 uplink and are carried out by a `CommandExecutor` (docs/commands.md); what earlier
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 PERSIST_S = 30.0
 HEALTH_INTERVAL_S = 300.0  # default report interval; a config change command may set it
 TICK_S = 5.0
+DAY_MS = 86_400_000
+EPOCH_DAY = dt.date(1970, 1, 1)
 
 
 def monotonic_ms() -> int:
@@ -92,6 +97,7 @@ class AgentRun:
     stop_event: asyncio.Event | None = None
     wall_ms: Callable[[], int] = wall_ms  # a dock's system clock (agent/dock/run.py)
     dock: DockRole | None = None  # set while a dock runs
+    agenda_day: int | None = None  # the local day (since 1970) whose agenda is set
 
     def stop(self) -> None:
         if self.stop_event is not None:
@@ -195,12 +201,11 @@ class AgentRun:
                 tasks.append(tg.create_task(dock.run(), name="drone"))
             if source is not None:
                 feed = agent if dock is None else None  # a dock's GNSS gives time only
-                tasks.append(tg.create_task(self._read(source, keeper, feed), name="gnss"))
+                reader = self._read(source, keeper, feed, parts.executor)
+                tasks.append(tg.create_task(reader, name="gnss"))
             tasks.append(tg.create_task(self._persist(keeper, agent.outbox), name="time"))
             tasks.append(
-                tg.create_task(
-                    self._tick(keeper, agent, self.config, parts.executor, dock), name="tick"
-                )
+                tg.create_task(self._tick(keeper, agent, parts.executor, dock), name="tick")
             )
             tasks.append(
                 tg.create_task(self._health(keeper, agent, uplink, parts.executor), name="health")
@@ -219,42 +224,56 @@ class AgentRun:
         log.info("GNSS %s: %s", status.state.name.lower(), status.detail)
 
     async def _read(
-        self, source: GnssSource, keeper: TimeKeeper, agent: DeviceAgent | None
+        self,
+        source: GnssSource,
+        keeper: TimeKeeper,
+        agent: DeviceAgent | None,
+        executor: CommandExecutor | None = None,
     ) -> None:
-        """Fixes to the time keeper, and to the check-in engine of `agent` (if any)."""
+        """Fixes to the time keeper, and to the check-in engine of `agent` (if any), each
+        judged against the agenda of its own day."""
         async for raw in source.fixes():
             fix = keeper.observe(raw, self.mono_ms())
             if agent is not None:
+                if fix.time_ms is not None:
+                    self._keep_agenda(agent, executor, fix.time_ms)
                 agent.on_fix(fix)
+
+    def _keep_agenda(
+        self, agent: DeviceAgent, executor: CommandExecutor | None, now_ms: int
+    ) -> None:
+        """At the first known time of a local day, that day's agenda, with what this device
+        already settled of it (agent/checkin/device.py); never back to an earlier day."""
+        day = (now_ms + agent.plan.utc_offset_min * 60_000) // DAY_MS  # days since 1970
+        if self.agenda_day is not None and day <= self.agenda_day:
+            return
+        self.agenda_day = day
+        today = EPOCH_DAY + dt.timedelta(days=day)
+        cfg = self.config
+        agenda = (
+            executor.agenda(today)  # a task bundle for today, if one came
+            if executor is not None
+            else agent.plan.agenda(today, cfg.device, cfg.team)
+        )
+        agent.set_agenda(today, agenda)
+        log.info("%s: agenda for %s: %d points", cfg.device, today, len(agenda))
 
     async def _tick(
         self,
         keeper: TimeKeeper,
         agent: DeviceAgent,
-        cfg: AgentConfig,
         executor: CommandExecutor | None = None,
         dock: DockRole | None = None,
     ) -> None:
         """Windows close and silent visits end even when no fix comes; a new day, a new agenda.
         A dock's tick is its own (wind, heartbeat, launch timeout) and comes every second."""
-        day: dt.date | None = None
         while True:
             if dock is not None:
                 dock.observe_clock()
             self._report_salvage(keeper, agent)
             now = keeper.now(self.mono_ms()).time_ms
             if now is not None:
-                offset = dt.timedelta(minutes=agent.plan.utc_offset_min)
-                today = (dt.datetime.fromtimestamp(now / 1000, dt.UTC) + offset).date()
-                if today != day:
-                    day = today
-                    agenda = (
-                        executor.agenda(today)  # a task bundle for today, if one came
-                        if executor is not None
-                        else agent.plan.agenda(today, cfg.device, cfg.team)
-                    )
-                    agent.engine.set_agenda(agenda)
-                    log.info("%s: agenda for %s: %d points", cfg.device, today, len(agenda))
+                self._keep_agenda(agent, executor, now)
                 if dock is None:
                     agent.tick(now)
                 else:

@@ -15,8 +15,10 @@ where the rest goes. One process, one thread: records/s is per core. Rounds alte
 sides; each rate is the best round's, and the ratio compares those.
 Goal (issue "Center"): ingest at least 50 % of the verify limit.
 
-`--pg` adds PostgreSQL (default postgresql://postgres@127.0.0.1:5432/test), on a schema
-made for the run and dropped after it.
+`--pg URL` adds PostgreSQL at URL, on a schema made for the run and dropped after it;
+`--pg` alone starts a private server for the run (simulators/pgserver.py: a temporary
+folder, a free port, removed after), durable like the SQLite side (fsync and
+synchronous_commit on), so no user's database is touched and the two compare fairly.
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ from contract.cose import decode_sign1, sig_structure
 from contract.fix import TimeSource
 from contract.protocol import Batch, decode_batch, records_topic
 from contract.records import ChainPosition, RecordType, build, chain_hash
+from simulators.pgserver import PgServer
 
 GOAL = 0.50
 BATCH = 32
 T0 = 1_772_323_200_000
-PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+PRIVATE = "private"  # --pg without a URL
 
 
 def checkin(key: Ed25519PrivateKey, device: str, seq: int, prev: bytes) -> bytes:
@@ -130,9 +133,18 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8, help="batches of 32 per device (8)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="SQLite here")
-    p.add_argument("--pg", nargs="?", const=PG_DEFAULT, help=f"also PostgreSQL ({PG_DEFAULT})")
+    p.add_argument(
+        "--pg", nargs="?", const=PRIVATE, help="also PostgreSQL at URL (alone: a private server)"
+    )
     args = p.parse_args()
+    with contextlib.ExitStack() as stack:
+        pg_url = args.pg
+        if pg_url == PRIVATE:
+            pg_url = stack.enter_context(PgServer(durable=True)).url
+        run(args, pg_url)
 
+
+def run(args: argparse.Namespace, pg_url: str | None) -> None:
     msgs, raw_side, public = workload(args.devices, args.batches)
     n = len(raw_side)
     key_of = public.get
@@ -168,8 +180,9 @@ def main() -> None:
         "check (no store)": check,
         "ingest, SQLite": ingest(lambda: sqlite_store(args.dir)),
     }
-    if args.pg:
-        sides["ingest, PostgreSQL"] = ingest(lambda: pg_store(args.pg))
+    if pg_url is not None:
+        url = pg_url
+        sides["ingest, PostgreSQL"] = ingest(lambda: pg_store(url))
     best: dict[str, tuple[float, float]] = dict.fromkeys(sides, (0.0, 0.0))
     for r in range(args.rounds):
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
@@ -183,6 +196,9 @@ def main() -> None:
         f"one transaction per batch; best of {args.rounds} alternating rounds"
     )
     print(f"SQLite: WAL + synchronous=FULL in {args.dir}")
+    if pg_url:
+        where = "a private server, fsync on" if args.pg == PRIVATE else pg_url
+        print(f"PostgreSQL: {where}")
     limit = best["verify (raw Ed25519)"][0]
     print(f"{'':24}{'records/s':>12}{'per CPU s':>12}{'of verify':>11}")
     for name, (wall, cpu) in best.items():

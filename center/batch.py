@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from center.chain import ChainState, Fork, ForkKind, Link, Placement, Verdict, place
+from center.duplicates import AckedBatch
 from center.snapshot import Presence, Snapshot
 from contract.records import DroppedKey, HealthKey, Record, RecordType
 
@@ -82,7 +83,10 @@ class Store(Protocol):
         refused: Sequence[RefusedItem],
         now_ms: int,
         keys: Sequence[tuple[str, bytes]] = (),
-    ) -> Saved: ...
+        acked: AckedBatch | None = None,
+    ) -> Saved:
+        """`acked`: the batch being acknowledged, noted in the same transaction
+        (center/duplicates.py: a batch acknowledged twice)."""
 
     def note_presence(
         self, device: str, presence: Presence, now_ms: int, *, retained: bool = False

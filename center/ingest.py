@@ -36,6 +36,10 @@ A record that verifies but conflicts with the one stored for its sequence number
 fork: the store keeps it in `refused` (reason FORK) and the acknowledgement lists it as
 durable, because protocol v1 has no refusal code for it and the center does hold it; the
 chain state reports the fork (`picket center status`).
+
+Each batch the center answers is noted with a digest of its records, in the batch's own
+transaction (one row per batch id), so that an id acknowledged again for other records can
+be counted (center/duplicates.py).
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from center.batch import RefusedItem, Store
 from center.chain import Verdict
+from center.duplicates import AckedBatch
 from contract.bounds import MAX_RECORD
 from contract.cose import decode_sign1, sig_structure
 from contract.errors import RecordError, RemoteError
-from contract.protocol import Ack, Refusal, decode_batch, device_of_topic
+from contract.protocol import Ack, Refusal, decode_batch, device_of_topic, relayed_topic
 from contract.records import Record, claimed_seq, parse_payload
 from contract.recordschema import validate_body
 from provisioning.registry import KeyEntry
@@ -134,7 +139,13 @@ class Ingest:
             if checked.seq is not None:
                 answers.append((checked.seq, Refusal[checked.reason]))
         new_keys = [(device, k) for k in sorted(used) if (device, k) not in self._keys_saved]
-        saved = self.store.save(good, refused, now_ms, new_keys)
+        # a relayed batch is stored but never answered: only the device's own are noted
+        acked = (
+            None
+            if topic == relayed_topic(device)
+            else AckedBatch.of(device, batch.id, batch.records)
+        )
+        saved = self.store.save(good, refused, now_ms, new_keys, acked)
         self._keys_saved.update(new_keys)
         self.stats.batches += 1
         verdicts = Counter(saved.verdicts)

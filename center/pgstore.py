@@ -23,12 +23,22 @@ import psycopg
 from center import tables
 from center.batch import DeviceWrite, RefusedItem, Saved, by_device
 from center.chain import ChainState, Fork, Verdict
+from center.duplicates import AckedBatch
 from center.errors import CenterDbError, StoreError
-from center.snapshot import STATUS_QUERIES, Presence, Snapshot, snapshot_of
+from center.snapshot import (
+    BATCH_ROWS,
+    RECORD_ROWS,
+    STATUS_QUERIES,
+    Presence,
+    Snapshot,
+    duplicates_of,
+    snapshot_of,
+)
 from center.tables import Dialect
 from contract.records import Record
 
 CONNECT_TIMEOUT_S = 10
+RECORDS_AT_ONCE = 10_000  # rows per fetch when a status walks the records
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -100,6 +110,16 @@ CREATE TABLE IF NOT EXISTS presence (
     device TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     state_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    device TEXT NOT NULL,
+    batch BIGINT NOT NULL,
+    digest BYTEA NOT NULL,  -- of its records, the last time (center/duplicates.py)
+    acks BIGINT NOT NULL,  -- times the center acknowledged this batch id
+    reused BIGINT NOT NULL,  -- of them, with other records than the time before
+    first_ms BIGINT NOT NULL,
+    last_ms BIGINT NOT NULL,
+    PRIMARY KEY (device, batch)
 );
 CREATE TABLE IF NOT EXISTS meta (
     k TEXT PRIMARY KEY,
@@ -207,6 +227,7 @@ class PgStore:
         refused: Sequence[RefusedItem],
         now_ms: int,
         keys: Sequence[tuple[str, bytes]] = (),
+        acked: AckedBatch | None = None,
     ) -> Saved:
         """As `CenterStore.save`: one transaction, committed before this returns.
 
@@ -239,6 +260,7 @@ class PgStore:
                 for device, old, plan in plans:
                     tables.write_device(sql, device, old.gaps, plan, now_ms)
                 tables.write_refused(sql, refused, now_ms)
+                tables.write_batch(sql, acked, now_ms)
         except psycopg.Error as exc:
             if conn.broken:
                 self.close()
@@ -265,8 +287,14 @@ class PgStore:
         try:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                return snapshot_of(
-                    **{k: conn.execute(q).fetchall() for k, q in STATUS_QUERIES.items()}
-                )
+                rows = {k: conn.execute(q).fetchall() for k, q in STATUS_QUERIES.items()}
+                have = conn.execute("SELECT to_regclass('batches') IS NOT NULL").fetchone()
+                batches = conn.execute(BATCH_ROWS).fetchall() if have and have[0] else []
+                # the records streamed, RECORDS_AT_ONCE rows at a time (a server-side cursor)
+                with conn.cursor(name="picket_status_records") as records:
+                    records.itersize = RECORDS_AT_ONCE
+                    records.execute(RECORD_ROWS)
+                    found = duplicates_of(records, batches)
+                return snapshot_of(**rows, duplicates=found)
         except psycopg.Error as exc:
             raise CenterDbError(f"cannot read {redact(self.url)}: {exc}") from exc

@@ -6,15 +6,22 @@ every batch. `STATUS_QUERIES` reads those tables, the same SQL in SQLite and Pos
 `snapshot_of` turns the rows into values; center/status.py decides from them, for a given
 `now`, what each device is. These values sit apart from the status so that the stores, which
 make snapshots, and the status, which opens a store, need not import each other.
+
+One thing a snapshot cannot read from small tables: duplicates counted from content (the
+same event stored twice under different sequence numbers, center/duplicates.py) need every
+record's body. So a snapshot also walks the records once, in the same read transaction,
+streamed (`RECORD_ROWS`, fed to `duplicates_of` row by row; the signatures are not checked
+again), and reads the batches acknowledged more than once (`BATCH_ROWS`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from center.chain import ChainState, Gap, merge
+from center.duplicates import ROW_COLUMNS, Duplicates, Finder
 
 # What a snapshot reads, by argument of `snapshot_of`: small tables only.
 STATUS_QUERIES = {
@@ -26,6 +33,10 @@ STATUS_QUERIES = {
     "presence": "SELECT device, state, state_ms FROM presence",
     "refused": "SELECT reason, count(*) FROM refused GROUP BY reason",
 }
+
+# Read apart from STATUS_QUERIES: every record, streamed; batch ids answered more than once.
+RECORD_ROWS = f"SELECT {ROW_COLUMNS} FROM records"  # noqa: S608 (a constant list of columns)
+BATCH_ROWS = "SELECT device, batch, acks, reused FROM batches WHERE acks > 1"
 
 
 class Presence(enum.Enum):
@@ -54,6 +65,7 @@ class DeviceRow:
 class Snapshot:
     devices: tuple[DeviceRow, ...]
     refused: Mapping[str, int] = field(default_factory=dict)
+    duplicates: Duplicates = field(default_factory=Duplicates)
 
 
 Row = Sequence[object]
@@ -67,6 +79,7 @@ def snapshot_of(
     dropped: Sequence[Row],
     presence: Sequence[Row],
     refused: Sequence[Row],
+    duplicates: Duplicates | None = None,
 ) -> Snapshot:
     """The rows of the status queries (the same in every store) as a `Snapshot`."""
     gap_map: dict[str, list[Gap]] = {}
@@ -103,7 +116,22 @@ def snapshot_of(
     for name, (pres, ms) in seen.items():
         if name not in rows:
             rows[name] = DeviceRow(name, ChainState(), presence=pres, presence_ms=ms)
-    return Snapshot(tuple(rows[n] for n in sorted(rows)), {str(r): _int(n) for r, n in refused})
+    return Snapshot(
+        tuple(rows[n] for n in sorted(rows)),
+        {str(r): _int(n) for r, n in refused},
+        duplicates or Duplicates(),
+    )
+
+
+def duplicates_of(records: Iterable[Row], batches: Iterable[Row]) -> Duplicates:
+    """Duplicates counted from content, from the rows of `RECORD_ROWS` and `BATCH_ROWS`
+    (an iterator each: the records are taken one at a time, never all held)."""
+    finder = Finder()
+    for row in records:
+        finder.add_row(row)
+    for device, batch, acks, reused in batches:
+        finder.add_batch(str(device), _int(batch), _int(acks), _int(reused))
+    return finder.result()
 
 
 def _int(v: object) -> int:

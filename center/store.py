@@ -33,8 +33,17 @@ from typing import Any
 from center import tables
 from center.batch import DeviceWrite, RefusedItem, Saved, by_device
 from center.chain import ChainState, Fork, Verdict
+from center.duplicates import AckedBatch
 from center.errors import CenterDbError, StoreError
-from center.snapshot import STATUS_QUERIES, Presence, Snapshot, snapshot_of
+from center.snapshot import (
+    BATCH_ROWS,
+    RECORD_ROWS,
+    STATUS_QUERIES,
+    Presence,
+    Snapshot,
+    duplicates_of,
+    snapshot_of,
+)
 from center.tables import Dialect
 from contract.records import Record
 
@@ -110,6 +119,16 @@ CREATE TABLE IF NOT EXISTS presence (
     device TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     state_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    device TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    digest BLOB NOT NULL,  -- of its records, the last time (center/duplicates.py)
+    acks INTEGER NOT NULL,  -- times the center acknowledged this batch id
+    reused INTEGER NOT NULL,  -- of them, with other records than the time before
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, batch)
 );
 CREATE TABLE IF NOT EXISTS meta (
     k TEXT PRIMARY KEY,
@@ -207,11 +226,13 @@ class CenterStore:
         refused: Sequence[RefusedItem],
         now_ms: int,
         keys: Sequence[tuple[str, bytes]] = (),
+        acked: AckedBatch | None = None,
     ) -> Saved:
         """Store in one transaction; say what became of each record.
 
         `keys` are (device, raw Ed25519 public key) pairs that verified `records`; a pair
-        already known keeps its first-seen time.
+        already known keeps its first-seen time. `acked`: the batch that is answered, one
+        row in `batches` (center/duplicates.py).
         """
         db = self._db
         try:
@@ -228,6 +249,7 @@ class CenterStore:
                     forks.extend(plan.placement.forks)
                     refused.extend(plan.forked)
                 tables.write_refused(self._sql, refused, now_ms)
+                tables.write_batch(self._sql, acked, now_ms)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -249,16 +271,26 @@ class CenterStore:
 
     # -- reading
 
+    def _has_batches(self) -> bool:
+        """False for a database only centers older than the `batches` table have written
+        (opened read-only, it was never given one)."""
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'"
+        ).fetchone()
+        return found is not None
+
     def snapshot(self) -> Snapshot:
-        """Every device's chain, presence and health, and refusals by reason: one read
-        transaction, so one consistent view beside a live center."""
+        """Every device's chain, presence and health, refusals by reason, and duplicates
+        counted from content (one walk over the records): one read transaction, so one
+        consistent view beside a live center."""
         db = self._db
         try:
             db.execute("BEGIN")
             try:
-                return snapshot_of(
-                    **{k: db.execute(q).fetchall() for k, q in STATUS_QUERIES.items()}
-                )
+                rows = {k: db.execute(q).fetchall() for k, q in STATUS_QUERIES.items()}
+                batches = db.execute(BATCH_ROWS) if self._has_batches() else ()
+                found = duplicates_of(db.execute(RECORD_ROWS), batches)
+                return snapshot_of(**rows, duplicates=found)
             finally:
                 db.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from center.batch import DeviceWrite, RefusedItem, plan_device
 from center.chain import ChainState, Fork, Gap, Link, place
+from center.duplicates import AckedBatch
 from center.snapshot import Presence
 from contract.cose import decode_sign1
 from contract.errors import RecordError
@@ -223,6 +224,38 @@ def write_device(
     )
     write_forks(sql, device, plan.placement.forks, now_ms)
     write_dropped(sql, device, plan.dropped)
+
+
+# One row per (device, batch id) acknowledged: how often, and how often with other records
+# than the time before (center/duplicates.py). Same SQL in both dialects. A device's batch ids
+# start from its clock's milliseconds modulo 2**31 (agent/uplink/mqtt.py), so they come round
+# again every 24.8 days: an id last acknowledged longer than BATCH_MEMORY_MS ago starts afresh,
+# and a device's rows that old are deleted now and then (every PRUNE_EVERY-th batch id), so
+# the table holds about one day of batches, not every batch ever.
+BATCH_MEMORY_MS = 24 * 3600 * 1000
+PRUNE_EVERY = 256
+_WRITE_BATCH = (  # the marks: the new row's five values, then three times "forgotten before"
+    "INSERT INTO batches AS b (device, batch, digest, acks, reused, first_ms, last_ms) "
+    "VALUES (?, ?, ?, 1, 0, ?, ?) ON CONFLICT (device, batch) DO UPDATE SET "
+    "acks = CASE WHEN b.last_ms < ? THEN 1 ELSE b.acks + 1 END, "
+    "reused = CASE WHEN b.last_ms < ? THEN 0 "
+    "WHEN b.digest = excluded.digest THEN b.reused ELSE b.reused + 1 END, "
+    "first_ms = CASE WHEN b.last_ms < ? THEN excluded.first_ms ELSE b.first_ms END, "
+    "digest = excluded.digest, last_ms = excluded.last_ms"
+)
+_PRUNE_BATCHES = "DELETE FROM batches WHERE device = ? AND last_ms < ?"
+
+
+def write_batch(sql: Sql, acked: AckedBatch | None, now_ms: int) -> None:
+    """Note the batch about to be acknowledged (nothing for None: a relayed batch, which
+    is not answered)."""
+    if acked is None:
+        return
+    before = now_ms - BATCH_MEMORY_MS
+    row = (acked.device, acked.batch, acked.digest, now_ms, now_ms, before, before, before)
+    sql.run(_WRITE_BATCH, row)
+    if acked.batch % PRUNE_EVERY == 0:
+        sql.run(_PRUNE_BATCHES, (acked.device, before))
 
 
 def write_keys(sql: Sql, keys: Sequence[tuple[str, bytes]], now_ms: int) -> None:

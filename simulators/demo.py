@@ -419,6 +419,8 @@ async def run_demo(opts: DemoOptions, progress: ProgressSink) -> dict[str, objec
             "records_verified": found.verified,
             "records_lost": found.lost(created),
             "records_duplicated": found.duplicated,
+            "duplicates_by_kind": dict(found.duplicates_by_kind),
+            "batches_redelivered": found.batches_redelivered,
             "records_refused": found.refused,
             "duplicates_suppressed": fleet.center_stats.get("duplicates", 0),
             "nmea_errors": sum(d.parse_errors() for d in devices),

@@ -518,6 +518,8 @@ class _Sim:
             "records_verified": found.verified,
             "records_lost": found.lost(created),
             "records_duplicated": found.duplicated,
+            "duplicates_by_kind": dict(found.duplicates_by_kind),
+            "batches_redelivered": found.batches_redelivered,
             "records_refused": found.refused,
             "records_by_type": record_types(db),
             "datagrams": self.run.datagrams,

@@ -121,6 +121,8 @@ def build_report(
         "records_verified": found.verified if found else None,
         "records_lost": found.lost(created) if found else None,
         "records_duplicated": found.duplicated if found else None,
+        "duplicates_by_kind": dict(found.duplicates_by_kind) if found else None,
+        "batches_redelivered": found.batches_redelivered if found else None,
         "records_refused": found.refused if found else None,
         "duplicates_suppressed": int(center_stats.get("duplicates", 0)),
         "nmea_errors": sum(d.nmea_errors for d in devices),

@@ -1,4 +1,5 @@
-"""Shared fixtures: real peers only (a private Mosquitto per test on a free port)."""
+"""Shared fixtures: real peers only (a private Mosquitto per test on a free port, a private
+PostgreSQL per session unless PICKET_TEST_PG names one: tests/pgserver.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from simulators.broker import Mosquitto
 from tests.peers import TlsFleet, tls_fleet_in
+from tests.pgserver import PgSession, session_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 # A verbatim copy of ../shared/corpus (see tests/corpus/SOURCES.md), so a clean clone has it.
@@ -29,6 +31,14 @@ def tls_fleet(tmp_path: Path) -> Iterator[TlsFleet]:
     """A fleet with its own TLS broker (client certificates, ACL, CRL): the real path."""
     with tls_fleet_in(tmp_path) as f:
         yield f
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgSession]:
+    """The session's PostgreSQL (tests/pgserver.py): started at the first test that asks,
+    stopped and removed after the last; skips every asker when there is none."""
+    with session_postgres() as session:
+        yield session
 
 
 @pytest.fixture(autouse=True)

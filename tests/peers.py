@@ -45,7 +45,13 @@ async def running_center(
         await asyncio.wait_for(task, timeout=10)
 
 
+# How long a test waits for something that must happen. It only bounds a failure (a test
+# that passes never waits it out), so it is generous: CI runs on a loaded 2-core machine.
+DEADLINE_S = 30.0
+
+
 async def wait_for(cond: Callable[[], object], within_s: float, what: str) -> None:
+    """Poll `cond` until it holds; fail after `within_s` seconds (docs/testing.md, Timing)."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if cond():

@@ -26,7 +26,7 @@ from pathlib import Path
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from peers import no_fds_left
+from peers import DEADLINE_S, no_fds_left
 
 from agent.checkin.device import DeviceAgent
 from agent.checkin.plan import Plan
@@ -115,7 +115,7 @@ async def bridged(
         yield bridge
 
 
-async def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def until(cond: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
     async with asyncio.timeout(timeout_s):
         while not cond():  # noqa: ASYNC110 - the simulator's state is plain values
             await asyncio.sleep(0.01)
@@ -262,7 +262,8 @@ def test_ping_command_on_the_simulator() -> None:
     report = json.loads(out.getvalue())
     assert report["firmware"] == "1.0.0"
     assert report["answered"] == 20
-    assert 0 < report["rtt_ms_min"] <= report["rtt_ms_median"] <= report["rtt_ms_max"] < 100
+    # the figures themselves are what `picket bridge ping` is for; a test only checks their shape
+    assert 0 < report["rtt_ms_min"] <= report["rtt_ms_median"] <= report["rtt_ms_max"]
 
 
 def test_soak_refuses_ber_on_a_real_port(capsys: pytest.CaptureFixture[str]) -> None:
@@ -281,7 +282,7 @@ async def test_requests_and_events(sim_factory: Callable[..., McuSim]) -> None:
     events: list[Event] = []
     async with bridged(sim, events=events) as bridge:
         assert bridge.info is not None and bridge.info.version == (1, 0, 0)
-        assert await bridge.ping(b"abc") < 0.1
+        assert await bridge.echo(b"abc") == b"abc"
         await bridge.configure_radio(RADIO)
         assert sim.radio_configs[-1] == (470_500_000, 10, 125_000, 5, 17, 8, 0x12)
         toa = await bridge.send_packet(b"\xd2" + bytes(120))
@@ -297,7 +298,9 @@ async def test_requests_and_events(sim_factory: Callable[..., McuSim]) -> None:
     rx = [e for e in events if isinstance(e, RadioRx)]
     assert [(r.packet, r.rssi_dbm, r.snr_db) for r in rx] == [(b"hello", -101, -2.25)]
     sos = next(e for e in events if isinstance(e, SosEvent))
-    assert sos.presses == 1 and 150 <= sos.held_ms <= 260
+    # how long it was held is counted on the simulated board's real-time clock, which a loaded
+    # machine stretches; tests/test_firmware.py holds that count to the millisecond
+    assert sos.presses == 1 and sos.held_ms > 0
 
 
 async def test_radio_refusals_name_the_status(sim_factory: Callable[..., McuSim]) -> None:
@@ -307,9 +310,9 @@ async def test_radio_refusals_name_the_status(sim_factory: Callable[..., McuSim]
         assert await bridge.send_packet(bytes(100)) == 554
         with pytest.raises(StatusError, match="RADIO_SEND refused by the MCU: radio busy"):
             await bridge.send_packet(bytes(10))  # the first one is still on the air
-        await until(lambda: not sim.mcu or not sim.mcu.hal.radio.busy(sim.now_ms), 3.0)
+        await until(lambda: not sim.mcu or not sim.mcu.hal.radio.busy(sim.now_ms))
         assert await bridge.send_packet(bytes(100)) == 554
-        await until(lambda: not sim.mcu or not sim.mcu.hal.radio.busy(sim.now_ms), 3.0)
+        await until(lambda: not sim.mcu or not sim.mcu.hal.radio.busy(sim.now_ms))
         with pytest.raises(DutyCycleExceeded, match="duty cycle exhausted") as caught:
             await bridge.send_packet(bytes(100))
         assert caught.value.status == m.DUTY_CYCLE
@@ -326,7 +329,7 @@ async def test_a_garbled_answer_to_radio_send_is_not_sent_again(
             await bridge.send_packet(b"record")
         assert len(sim.sent_packets) == 1  # one transmission, no retry
         sim.set_ber(0.0)
-        assert await bridge.ping(b"ok") < 0.1  # idempotent requests retry through it all
+        assert await bridge.echo(b"ok") == b"ok"  # idempotent requests retry through it all
 
 
 async def test_reset_mid_frame_fails_the_request_then_resynchronises(
@@ -341,7 +344,7 @@ async def test_reset_mid_frame_fails_the_request_then_resynchronises(
         with pytest.raises(McuReset, match="restarted"):
             await bridge.ping(b"12345678")
         await bridge.wait_ready()
-        assert await bridge.ping(b"after") < 0.1
+        assert await bridge.echo(b"after") == b"after"
         assert sim.to_host.cut == 1
         assert bridge.stats.bad_frames == 1  # the cut frame; the BOOT behind it came whole
         assert bridge.stats.resyncs == 1
@@ -357,17 +360,17 @@ async def test_unplug_and_replug(sim_factory: Callable[..., McuSim]) -> None:
     sim = sim_factory()
     links: list[bool] = []
     async with Bridge(str(sim.link), options=FAST, on_link=lambda s: links.append(s.up)) as bridge:
-        assert await bridge.ping()
+        assert await bridge.echo(b"up") == b"up"
         sim.unplug()
         await until(lambda: not bridge.link.up)
         assert "hung up" in bridge.link.detail or "Input/output error" in bridge.link.detail
         with pytest.raises(LinkDown):
             await bridge.wait_ready(timeout_s=0.3)
-        await asyncio.sleep(0.3)  # a few attempts against the missing link
-        assert "No such file or directory" in bridge.link.detail
+        # attempts against the missing link
+        await until(lambda: "No such file or directory" in bridge.link.detail)
         sim.replug()
         await bridge.wait_ready()
-        assert await bridge.ping(b"back") < 0.1
+        assert await bridge.echo(b"back") == b"back"
         assert bridge.stats.reconnects == 1
         assert bridge.stats.resyncs == 0  # the MCU kept running: nothing to resynchronise
         assert bridge.stats.link_downs == 1
@@ -385,7 +388,7 @@ async def test_stall_times_out_then_recovers(sim_factory: Callable[..., McuSim])
         await until(lambda: not bridge.link.up)
         assert bridge.stats.link_downs == 1
         await bridge.wait_ready(timeout_s=5)
-        assert await bridge.ping(b"y") < 0.1
+        assert await bridge.echo(b"y") == b"y"
         assert bridge.stats.resyncs == 0
         # what waited in the driver during the stall was answered late, and dropped
         await until(lambda: bridge.stats.stale_responses >= 1)
@@ -486,7 +489,7 @@ async def test_update_that_never_confirms_rolls_back(sim_factory: Callable[..., 
         await bridge.wait_ready()
         assert bridge.info is not None and bridge.info.version == (1, 0, 0)
         assert bridge.info.reset_cause == m.RESET_ROLLBACK
-        assert await bridge.ping() < 0.1
+        assert await bridge.echo(b"rolled back") == b"rolled back"
     assert sim.version == (1, 0, 0) and sim.stats.watchdog_resets == 1
 
 
@@ -575,8 +578,14 @@ async def test_records_and_battery_become_feedback(
             sim.set_battery(3450)  # 3 %
             await until(lambda: any(led == LED_AMBER for _t, _b, led in sim.indications))
             assert link.stats.low_battery_warnings == 1
-            await asyncio.sleep(0.5)  # more polls at the same level: no second warning
-            assert link.stats.low_battery_warnings == 1
+            for _ in range(3):  # more polls at the same level (each reading is judged at once)
+                polled = link.battery_at
+                await until(lambda p=polled: link.battery_at != p)
+            assert link.stats.low_battery_warnings == 1  # no second warning
+            sim.set_battery(4000)  # charged: the warning re-arms, and the next low level warns
+            await until(lambda: link.battery is not None and link.battery.percent > 50)
+            sim.set_battery(3450)
+            await until(lambda: link.stats.low_battery_warnings == 2)
     finally:
         outbox.close()
 

@@ -1,19 +1,17 @@
-"""The ingest path against both stores: SQLite (always) and PostgreSQL (when reachable).
+"""The ingest path against both stores: SQLite and PostgreSQL.
 
-Every test here takes the `target` fixture, once per store. PostgreSQL is the server at
-PICKET_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test, trust auth); each test
-gets a schema of its own, dropped afterwards. When no server answers, the PostgreSQL half
-is skipped and says so. `tests/test_center_shared.py` imports the fixture for its MQTT
-tests.
+Every test here takes the `target` fixture, once per store. PostgreSQL is the session's
+server (the `pg` fixture, tests/pgserver.py): a private one started for the session, or
+the one PICKET_TEST_PG names; each test gets a schema of its own, dropped afterwards. When
+there is no server to be had, the PostgreSQL half is skipped and says why.
+`tests/test_center_shared.py` and others import the fixture for their tests.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import json
-import os
 import sqlite3
 import threading
 import uuid
@@ -46,20 +44,8 @@ from contract.records import (
 )
 from picket import centerstatus
 
-PG_URL = os.environ.get("PICKET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 KEYS = {f"h{i:04d}": Ed25519PrivateKey.generate() for i in range(1, 4)}
 T0 = 1_772_323_200_000
-
-
-@functools.cache
-def pg_unreachable() -> str | None:
-    """Why PostgreSQL tests cannot run here, or None when they can."""
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"no PostgreSQL server reachable at {PG_URL} ({first})"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +74,15 @@ def target(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Target]:
     if request.param == "sqlite":
         yield Target("sqlite", str(tmp_path / "center.db"))
         return
-    reason = pg_unreachable()
-    if reason is not None:
-        pytest.skip(reason)
+    url = request.getfixturevalue("pg").url  # only here: SQLite cases need no server
     schema = f"picket_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as con:
+    with psycopg.connect(url, autocommit=True) as con:
         con.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    sep = "&" if "?" in PG_URL else "?"
+    sep = "&" if "?" in url else "?"
     try:
-        yield Target("postgresql", f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
+        yield Target("postgresql", f"{url}{sep}options=-csearch_path%3D{schema}")
     finally:
-        with psycopg.connect(PG_URL, autocommit=True) as con:
+        with psycopg.connect(url, autocommit=True) as con:
             con.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
@@ -395,7 +379,7 @@ def test_a_lost_postgresql_connection_fails_one_batch_and_the_next_reconnects(
     recs = chain("h0001", 4)
     send(ingest, "h0001", recs[:2])
     pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
+    with psycopg.connect(target.db, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     with pytest.raises(StoreError):
         send(ingest, "h0001", recs[2:])  # nothing stored, nothing acknowledged

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from peers import TlsFleet, running_center, wait_for
+from peers import DEADLINE_S, TlsFleet, running_center, wait_for
 
 from agent.checkin.device import DeviceAgent
 from agent.checkin.engine import CheckinEngine, CheckinEvent
@@ -587,7 +587,7 @@ def test_an_aerial_checkin_names_the_drone_and_stays_small(tmp_path: Path) -> No
 # --- end to end: the center commands, the drone flies, the center holds the proof ------------
 
 
-async def soon(cond: Callable[[], bool], what: str, within_s: float = 5.0) -> None:
+async def soon(cond: Callable[[], bool], what: str, within_s: float = DEADLINE_S) -> None:
     """Like peers.wait_for, without its 50 ms naps: a UDP datagram on loopback takes
     microseconds, and a flight is hundreds of steps."""
     deadline = time.monotonic() + within_s

@@ -30,7 +30,7 @@ from typing import TypeVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from peers import no_fds_left
+from peers import DEADLINE_S, no_fds_left
 
 from agent.gnss.gpsd import MAX_LINE, GpsdDecoder
 from agent.gnss.nmea import UERE_M, NmeaParser
@@ -143,7 +143,7 @@ async def tcp_server(handler: Handler) -> AsyncIterator[int]:
         server.close()
         for task in handlers:
             task.cancel()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(DEADLINE_S):
             await asyncio.gather(*handlers, return_exceptions=True)
             await server.wait_closed()
         await asyncio.sleep(0)
@@ -504,7 +504,7 @@ async def test_file_fast_replay_matches_the_parser_and_finishes() -> None:
     expected = [f for x in nmea_lines(BU353) for f in parser.feed_line(x)] + parser.flush()
     seen: list[SourceStatus] = []
     source = GnssSource(parse_source_url(f"file://{BU353}"), on_status=seen.append)
-    async with asyncio.timeout(10), contextlib.aclosing(source.fixes()) as fixes:
+    async with asyncio.timeout(DEADLINE_S), contextlib.aclosing(source.fixes()) as fixes:
         got = [fix async for fix in fixes]
     assert got == expected
     assert len(got) > 20
@@ -527,13 +527,15 @@ async def test_file_realtime_replay_keeps_the_gnss_spacing(tmp_path: Path) -> No
     source = GnssSource(parse_source_url(f"file://{log}?pace=realtime"))
     stamps: list[float] = []
     got: list[Fix] = []
-    async with asyncio.timeout(10), contextlib.aclosing(source.fixes()) as fixes:
+    async with asyncio.timeout(DEADLINE_S), contextlib.aclosing(source.fixes()) as fixes:
         async for fix in fixes:
             stamps.append(time.monotonic())
             got.append(fix)
     assert [f.time_ms for f in got] == [T0 + i * 200 for i in range(4)]
-    assert 0.55 <= stamps[-1] - stamps[0] <= 1.2
-    assert all(0.15 <= b - a <= 0.5 for a, b in itertools.pairwise(stamps))
+    # never faster than the receiver was (a loaded machine only makes it slower; how long
+    # each wait is, time passed in, is test_pacer_keeps_gnss_spacing_caps_jumps_and_never_bursts)
+    assert stamps[-1] - stamps[0] >= 0.55
+    assert all(b - a >= 0.15 for a, b in itertools.pairwise(stamps))
     assert source.status.state is SourceState.FINISHED
 
 
@@ -542,10 +544,10 @@ async def test_file_realtime_replay_without_dates_gives_one_fix_a_second(tmp_pat
     log.write_text(gga(T0, LAT, LON) + gga(T0 + 100, LAT, LON), encoding="ascii")
     source = GnssSource(SourceSpec(Scheme.FILE, path=str(log), pace=Pace.REALTIME))
     start = time.monotonic()
-    async with asyncio.timeout(5), contextlib.aclosing(source.fixes()) as fixes:
+    async with asyncio.timeout(DEADLINE_S), contextlib.aclosing(source.fixes()) as fixes:
         got = [fix async for fix in fixes]
     assert [f.time_source for f in got] == [TimeSource.NONE] * 2
-    assert 0.9 <= time.monotonic() - start <= 1.5
+    assert time.monotonic() - start >= 0.9  # a second apart, never sooner
 
 
 def test_pacer_keeps_gnss_spacing_caps_jumps_and_never_bursts() -> None:
@@ -567,7 +569,7 @@ async def test_missing_file_is_a_source_error_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.nmea"
     source = GnssSource(parse_source_url(str(missing)))
     with pytest.raises(SourceError, match=r"nope\.nmea: No such file or directory"):
-        async with asyncio.timeout(5), contextlib.aclosing(source.fixes()) as fixes:
+        async with asyncio.timeout(DEADLINE_S), contextlib.aclosing(source.fixes()) as fixes:
             _ = [fix async for fix in fixes]
     assert source.status.state is SourceState.FINISHED
 
@@ -595,7 +597,7 @@ async def test_tcp_source_reconnects_after_the_server_drops_it() -> None:
             parse_source_url(f"tcp://127.0.0.1:{port}"), on_status=seen.append, backoff_max_s=0.1
         )
         async with running(source) as queue:
-            got = await take_until(queue, T0 + 15_000, timeout_s=10)
+            got = await take_until(queue, T0 + 15_000, timeout_s=DEADLINE_S)
     assert [f.time_ms for f in got] == [T0 + i * 1000 for i in (*range(4), *range(10, 16))]
     assert source.status.reconnects >= 1
     down = [s for s in seen if s.state is SourceState.DISCONNECTED]
@@ -616,7 +618,7 @@ async def test_tcp_source_reports_stale_and_logs_garbage_once(
             await asyncio.sleep(0.02)
         writer.write(cycle(0) + cycle(1) + cycle(2))
         await writer.drain()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(DEADLINE_S):
             await resume.wait()
         writer.write(cycle(3) + cycle(4))
         await writer.drain()
@@ -626,14 +628,18 @@ async def test_tcp_source_reports_stale_and_logs_garbage_once(
     caplog.set_level(logging.DEBUG, logger="agent.gnss.sources")
     async with tcp_server(serve) as port:
         source = GnssSource(
-            parse_source_url(f"tcp://127.0.0.1:{port}"), on_status=seen.append, stale_after_s=0.2
+            # a second of silence: long enough that a loaded machine's pauses between the
+            # server's first writes are not one, so STALE is reported for the real one only
+            parse_source_url(f"tcp://127.0.0.1:{port}"),
+            on_status=seen.append,
+            stale_after_s=1.0,
         )
         async with running(source) as queue:
-            assert len(await take_until(queue, T0 + 1000, timeout_s=5)) == 2
-            await until(lambda: source.status.state is SourceState.STALE, timeout_s=5)
-            assert "no data for 0.2 s" in source.status.detail
+            assert len(await take_until(queue, T0 + 1000, timeout_s=DEADLINE_S)) == 2
+            await until(lambda: source.status.state is SourceState.STALE, timeout_s=DEADLINE_S)
+            assert "no data for 1 s" in source.status.detail
             resume.set()
-            assert len(await take_until(queue, T0 + 3000, timeout_s=5)) == 2
+            assert len(await take_until(queue, T0 + 3000, timeout_s=DEADLINE_S)) == 2
             assert source.status.state is SourceState.RECEIVING
     refusals = [r for r in caplog.records if "refused unreadable input" in r.getMessage()]
     assert [r.levelno for r in refusals][:1] == [logging.WARNING]
@@ -646,7 +652,7 @@ async def test_unreachable_gpsd_is_disconnected_with_the_reason() -> None:
     port = free_port()  # nothing listens there
     source = GnssSource(parse_source_url(f"gpsd://127.0.0.1:{port}"), backoff_max_s=0.05)
     async with running(source):
-        await until(lambda: source.status.state is SourceState.DISCONNECTED, timeout_s=5)
+        await until(lambda: source.status.state is SourceState.DISCONNECTED, timeout_s=DEADLINE_S)
         assert source.status.detail == f"127.0.0.1:{port}: Connection refused"
 
 
@@ -732,7 +738,7 @@ async def test_serial_source_reads_a_pty_at_the_baud_rate(
     data = b"".join(cycle(i) for i in range(7))
     source = GnssSource(parse_source_url(f"serial://{port.path}?baud={baud}"))
     async with running(source) as queue, background(port.write_paced(data, baud)) as writer:
-        got = await take_until(queue, T0 + 5000, timeout_s=10)
+        got = await take_until(queue, T0 + 5000, timeout_s=DEADLINE_S)
         took = await writer
     assert [f.time_ms for f in got] == [T0 + i * 1000 for i in range(6)]
     assert all(abs(f.lat - (LAT + i * 1e-5)) < 1e-6 for i, f in enumerate(got))
@@ -758,19 +764,22 @@ async def test_serial_port_that_vanishes_and_comes_back(
     async with running(source) as queue:
         data = b"".join(cycle(i) for i in range(5))
         async with background(first.write_paced(data, 115200)) as writer:
-            before = await take_until(queue, T0 + 3000, timeout_s=5)
+            before = await take_until(queue, T0 + 3000, timeout_s=DEADLINE_S)
             await writer
         # all ten sentences read before the unplug (a hang-up discards unread input)
-        await until(lambda: source.stats.lines == 10, timeout_s=5)
+        await until(lambda: source.stats.lines == 10, timeout_s=DEADLINE_S)
         link.unlink()
         first.close()
-        await until(lambda: source.status.state is SourceState.DISCONNECTED, timeout_s=5)
-        await asyncio.sleep(0.3)  # a few retries against the missing link
+        await until(lambda: source.status.state is SourceState.DISCONNECTED, timeout_s=DEADLINE_S)
+        await until(  # retries against the missing link
+            lambda: source.status.detail == f"{link}: No such file or directory",
+            timeout_s=DEADLINE_S,
+        )
         second = ptys(4800)  # set to a wrong speed: the source must set its own
         link.symlink_to(second.path)
         data = b"".join(cycle(i) for i in range(10, 16))
         async with background(second.write_paced(data, 115200)):
-            after = await take_until(queue, T0 + 14_000, timeout_s=5)
+            after = await take_until(queue, T0 + 14_000, timeout_s=DEADLINE_S)
         b115200 = termios.B115200
         assert second.speed() == (b115200, b115200)
     # cycle 4 is reported at its RMC, or at the latest when the next port's first cycle starts
@@ -874,14 +883,14 @@ async def test_real_gpsd_fed_by_gpsfake_and_restarted(gpsfake: GpsFake) -> None:
     )
     gpsfake.start()
     async with running(source) as queue:
-        first = await take_timed(queue, 5, timeout_s=15)
+        first = await take_timed(queue, 5, timeout_s=DEADLINE_S)
         assert_decoded_by_gpsd(first)
         assert source.status.state is SourceState.RECEIVING
         killed_at = len(seen)
         gpsfake.kill()
-        await until(lambda: source.status.state is SourceState.DISCONNECTED, timeout_s=5)
+        await until(lambda: source.status.state is SourceState.DISCONNECTED, timeout_s=DEADLINE_S)
         gpsfake.start()  # gpsd comes back on the same port
-        again = await take_timed(queue, 5, timeout_s=15)
+        again = await take_timed(queue, 5, timeout_s=DEADLINE_S)
         assert_decoded_by_gpsd(again)
     assert source.status.reconnects >= 1
     down = [s.detail for s in seen[killed_at:] if s.state is SourceState.DISCONNECTED]

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from peers import running_center, wait_for
+from peers import DEADLINE_S, running_center, wait_for
 
 from agent.health import health_snapshot, store_health
 from agent.store.outbox import Built, Outbox
@@ -109,8 +109,9 @@ async def test_outbox_keeps_records_until_the_center_acknowledges(
         for i in range(10):
             append_checkin(box, key, f"P{i:03d}")
             uplink.on_stored()
-        await wait_for(lambda: uplink.stats.records_sent >= 10, 10, "publishes")
-        await asyncio.sleep(1.0)
+        # every record published, its PUBACK back, no acknowledgement within the timeout, and
+        # published again: the uplink has been round its loop with the broker's answers
+        await wait_for(lambda: uplink.stats.records_sent >= 20, DEADLINE_S, "the resends")
         assert box.depth() == 10, "records were deleted without the center's acknowledgement"
         async with running_center(tmp_path, registry, broker):
             await wait_for(lambda: box.depth() == 0, 15, "the outbox to drain")
@@ -139,9 +140,21 @@ async def test_broker_killed_mid_sync_loses_nothing(tmp_path: Path, broker: Mosq
                     for i in range(50):
                         append_checkin(box, keys[d], f"R{round_}-{i}")
                     uplinks[d].on_stored()
-                await asyncio.sleep(0.05)
+                sent = {d: u.stats.records_sent for d, u in uplinks.items()}
+                await wait_for(
+                    lambda s=sent: all(
+                        u.connected.is_set() and u.stats.records_sent > s[d]
+                        for d, u in uplinks.items()
+                    ),
+                    DEADLINE_S,
+                    "every device to send some of this round",
+                )
                 broker.kill()  # kill -9 while batches and acknowledgements are in flight
-                await asyncio.sleep(0.5)
+                await wait_for(
+                    lambda: not any(u.connected.is_set() for u in uplinks.values()),
+                    DEADLINE_S,
+                    "every device to notice",
+                )
                 broker.start()  # same port: clients reconnect with backoff
             await wait_for(
                 lambda: all(b.depth() == 0 for b in boxes.values()), 40, "all outboxes to drain"

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import DEADLINE_S
 from pymavlink.dialects.v20 import ardupilotmega
 from pymavlink.dialects.v20 import common as mavlink2
 
@@ -430,7 +431,8 @@ async def listening(**kwargs: Any) -> AsyncIterator[tuple[MavlinkSource, list[Dr
             await task
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
+    """Wait for `condition`; the deadline only bounds a failure (docs/testing.md)."""
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110 - counters of the code under test, not events
             await asyncio.sleep(0.002)
@@ -439,17 +441,23 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 class VirtualClock:
     def __init__(self, now_ms: int) -> None:
         self.now_ms = now_ms
+        self.calls = 0  # how often the source looked at the time
 
     def __call__(self) -> int:
+        self.calls += 1
         return self.now_ms
 
 
-async def fly(drone: SimDrone, clock: VirtualClock, until_ms: int, step_ms: int = 100) -> None:
-    """Step the drone in virtual time, letting the loop deliver each step's datagrams."""
+async def fly(
+    drone: SimDrone, clock: VirtualClock, until_ms: int, source: MavlinkSource, step_ms: int = 100
+) -> None:
+    """Step the drone in virtual time; each step's datagrams are read (and stamped with that
+    step's time) before the next step, however long the loop takes to get to them. Call it
+    when everything sent to `source` before has been read."""
     while drone.now_ms < until_ms:
         clock.now_ms = drone.now_ms + step_ms
-        drone.step(clock.now_ms)
-        await asyncio.sleep(0)
+        reads = source.stats.reads + len(drone.step(clock.now_ms))
+        await until(lambda r=reads: source.stats.reads >= r)
 
 
 async def test_udp_mission_matches_the_simulators_truth() -> None:
@@ -458,12 +466,12 @@ async def test_udp_mission_matches_the_simulators_truth() -> None:
     async with listening(clock=clock, on_status=statuses.append) as (source, got):
         assert source.address is not None
         with SimDrone(DOCK, rng=random.Random(11), now_ms=T0, target=source.address) as drone:
-            await fly(drone, clock, T0 + 3000)
+            await fly(drone, clock, T0 + 3000, source)
             drone.start_mission(mission(), T0 + 3000)
             end = T0 + 1_200_000
             while (drone.state is not DroneState.LANDED or drone.armed) and drone.now_ms < end:
-                await fly(drone, clock, drone.now_ms + 1000)
-            await fly(drone, clock, drone.now_ms + 1500)  # the disarmed heartbeat
+                await fly(drone, clock, drone.now_ms + 1000, source)
+            await fly(drone, clock, drone.now_ms + 1500, source)  # the disarmed heartbeat
             await until(lambda: source.stats.messages >= drone.sent_messages)
             assert drone.send_errors == 0
     stats = source.stats
@@ -535,10 +543,10 @@ async def test_udp_garbage_and_strangers_are_counted_never_fatal() -> None:
             SimDrone(DOCK, rng=random.Random(5), now_ms=T0, target=source.address) as drone,
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as noise,
         ):
-            await fly(drone, clock, T0 + 1000)
+            await fly(drone, clock, T0 + 1000, source)
             drone.start_mission(mission()[:1], T0 + 1000)
             for k in range(60):
-                await fly(drone, clock, drone.now_ms + 500)
+                await fly(drone, clock, drone.now_ms + 500, source)
                 data = [
                     rng.randbytes(rng.randint(1, 400)),
                     b"\xfd" + rng.randbytes(rng.randint(0, 40)),
@@ -549,6 +557,8 @@ async def test_udp_garbage_and_strangers_are_counted_never_fatal() -> None:
                     gcs.heartbeat_(type_=6, autopilot=8) + stray.heartbeat_(), source.address
                 )
                 junk += 1
+                reads = source.stats.reads + 2
+                await until(lambda r=reads: source.stats.reads >= r)
             await until(lambda: source.stats.messages >= drone.sent_messages + 2 * 60)
     stats = source.stats
     assert stats.bad + stats.unknown >= junk
@@ -559,43 +569,46 @@ async def test_udp_garbage_and_strangers_are_counted_never_fatal() -> None:
 
 
 async def test_udp_heartbeat_loss_is_noticed_within_the_timeout() -> None:
+    """On a virtual clock shared by the drone and the source, stepped only once what was
+    sent has been read: the loss is timed to the millisecond however loaded the machine."""
     timeout_s = 0.5
     seen: list[tuple[DroneTelemetry, int | None]] = []
     statuses: list[SourceStatus] = []
-
-    def wall() -> int:
-        return round(asyncio.get_running_loop().time() * 1000)
-
+    clock = VirtualClock(T0)
     source = MavlinkSource(
-        "udp://127.0.0.1:0", heartbeat_timeout_s=timeout_s, clock=wall, on_status=statuses.append
+        "udp://127.0.0.1:0", heartbeat_timeout_s=timeout_s, clock=clock, on_status=statuses.append
     )
 
     async def consume() -> None:
         async for item in source.telemetry():
             seen.append((item, source.decoder.last_heartbeat_ms))
 
+    async def looked_at(now_ms: int) -> None:
+        """Set the time and wait for the source to look at it: with the drone silent, only
+        its tick does, and judges the heartbeat right then."""
+        clock.now_ms = now_ms
+        calls = clock.calls
+        await until(lambda: clock.calls > calls)
+
     task = asyncio.create_task(consume(), name="mavlink-consumer")
     try:
         await until(lambda: source.address is not None)
         assert source.address is not None
         with SimDrone(
-            DOCK,
-            rng=random.Random(2),
-            now_ms=wall(),
-            target=source.address,
-            heartbeat_period_ms=100,
+            DOCK, rng=random.Random(2), now_ms=T0, target=source.address, heartbeat_period_ms=100
         ) as drone:
-
-            async def run(seconds: float) -> None:
-                end = wall() + seconds * 1000
-                while wall() < end:
-                    drone.step(wall())
-                    await asyncio.sleep(0.02)
-
-            await run(0.6)
+            await fly(drone, clock, T0 + 600, source, step_ms=20)
             drone.silence(1.2)
             silent_from = drone.now_ms
-            await run(1.7)
+            last_heard = source.decoder.last_heartbeat_ms
+            assert last_heard is not None and last_heard <= silent_from
+            await looked_at(last_heard + 499)
+            assert source.stats.heartbeats_lost == 0  # a millisecond short of the timeout
+            await looked_at(last_heard + 500)
+            await until(lambda: source.stats.heartbeats_lost == 1)
+            await until(lambda: source.status.state is SourceState.STALE)  # real time, 0.5 s
+            drone.step(clock.now_ms)  # still silent: nothing sent
+            await fly(drone, clock, silent_from + 1700, source, step_ms=20)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -604,12 +617,11 @@ async def test_udp_heartbeat_loss_is_noticed_within_the_timeout() -> None:
         (t.time_ms, t.heartbeat_ok, last) for t, last in seen if Change.HEARTBEAT in t.changed
     ]
     assert [ok for _, ok, _ in changes] == [True, False, True]
-    lost_at, _, last_heard = changes[1]
-    assert last_heard is not None and last_heard <= silent_from + 50
-    assert timeout_s * 1000 <= lost_at - last_heard <= timeout_s * 1000 + 400
+    lost_at, _, last_before = changes[1]
+    assert last_before == last_heard and lost_at == last_heard + timeout_s * 1000
     back_at = changes[2][0]
-    assert silent_from + 1200 <= back_at <= silent_from + 1200 + 400
     silent_to = silent_from + 1200  # positions sent after the silence are stamped after it
+    assert silent_to <= back_at < silent_to + 100 + 20  # the next heartbeat, the step it fell in
     quiet = [t for t, _ in seen if lost_at < t.time_ms < silent_to and Change.POSITION in t.changed]
     assert quiet == []
     assert source.stats.heartbeats_lost == 1

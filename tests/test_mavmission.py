@@ -98,7 +98,7 @@ async def test_the_mission_link_uploads_over_udp() -> None:
         addr = d.listen()
         link = MissionLink(addr, MissionUploader(timeout_ms=200), clock=lambda: T0)
         task = asyncio.create_task(link.run())
-        await asyncio.wait_for(link.ready.wait(), 5)
+        await asyncio.wait_for(link.ready.wait(), 30)
         link.start_mission(WAYPOINTS, T0)
         for _ in range(200):
             d.serve(T0)

@@ -35,7 +35,9 @@ from contract.tls import BrokerTls
 from provisioning import ca
 from provisioning.fleet import Fleet
 from simulators.broker import Mosquitto
-from tests.peers import TlsFleet, now_ms, running_center, signed, wait_for
+from tests.peers import DEADLINE_S, TlsFleet, now_ms, running_center, signed, wait_for
+
+END = b"end"  # the last message a reader waits for
 
 
 def device_context(cfg: AgentConfig) -> ssl.SSLContext:
@@ -135,6 +137,7 @@ async def test_a_device_cannot_publish_or_subscribe_under_another_devices_topics
         await watcher.subscribe("picket/v1/+/up/#", qos=1)
         await c1.subscribe("picket/v1/h0002/down/#", qos=1)  # granted, but never delivered
         await c1.subscribe("picket/v1/+/up/#", qos=1)  # another device's uplink: nothing
+        await c1.subscribe("picket/v1/h0001/down/#", qos=1)  # its own: the end marker
         await c2.subscribe("picket/v1/h0002/down/#", qos=1)
         # h0001 writes into h0002's uplink topic, then into its own
         await c1.publish(records_topic("h0002"), b"forged", qos=1)
@@ -143,20 +146,24 @@ async def test_a_device_cannot_publish_or_subscribe_under_another_devices_topics
         # the center writes to h0002; h0001 writes to h0002's command topic
         await watcher.publish(command_topic("h0002"), b"for two", qos=1)
         await c1.publish(command_topic("h0002"), b"forged command", qos=1)
+        # The end markers, last, on topics each reader may read: the broker has handled
+        # everything above before them, so what it forwarded comes before them.
+        await c2.publish(records_topic("h0002"), END, qos=1)
+        await watcher.publish(command_topic("h0001"), END, qos=1)
+        await watcher.publish(command_topic("h0002"), END, qos=1)
 
-        async def collect(c: aiomqtt.Client, n: int) -> list[tuple[str, bytes]]:
+        async def collect(c: aiomqtt.Client) -> list[tuple[str, bytes]]:
             got: list[tuple[str, bytes]] = []
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.5):
-                    async for m in c.messages:
-                        assert isinstance(m.payload, bytes)
-                        got.append((m.topic.value, m.payload))
-                        if len(got) == n + 5:
-                            break
-            return got
+            async with asyncio.timeout(DEADLINE_S):
+                async for m in c.messages:
+                    assert isinstance(m.payload, bytes)
+                    got.append((m.topic.value, m.payload))
+                    if m.payload == END:
+                        return got[:-1]
+            raise AssertionError("the subscription ended")
 
         seen_by_center, seen_by_one, seen_by_two = await asyncio.gather(
-            collect(watcher, 2), collect(c1, 0), collect(c2, 1)
+            collect(watcher), collect(c1), collect(c2)
         )
     assert sorted(seen_by_center) == [
         (records_topic("h0001"), b"own"),
@@ -199,13 +206,24 @@ async def test_a_revoked_device_is_refused_by_the_broker_after_a_restart(
 
 
 async def test_a_revoked_device_is_refused_after_a_reload(tls_fleet: TlsFleet) -> None:
-    two = tls_fleet.device("h0002")
+    one, two = tls_fleet.device("h0001"), tls_fleet.device("h0002")
+    async with client(tls_fleet.broker, device_context(two), "h0002"):
+        pass  # accepted before
     tls_fleet.fleet.revoke("h0002", now_ms())
-    tls_fleet.broker.reload()
-    await asyncio.sleep(0.5)
-    with pytest.raises(aiomqtt.MqttError):
-        async with client(tls_fleet.broker, device_context(two), "h0002"):
-            pass
+    tls_fleet.broker.reload()  # a signal: Mosquitto reads the new CRL when it gets to it
+
+    async def refused() -> bool:
+        try:
+            async with client(tls_fleet.broker, device_context(two), "h0002"):
+                return False
+        except aiomqtt.MqttError:
+            return True
+
+    async with asyncio.timeout(DEADLINE_S):
+        while not await refused():  # noqa: ASYNC110 - a reload sends no event to wait on
+            await asyncio.sleep(0.1)
+    async with client(tls_fleet.broker, device_context(one), "h0001"):
+        pass  # the others are unaffected
 
 
 def test_the_center_refuses_records_signed_after_the_revocation(tls_fleet: TlsFleet) -> None:

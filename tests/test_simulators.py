@@ -7,7 +7,6 @@ import itertools
 import math
 import random
 import statistics
-import time
 from dataclasses import dataclass
 
 import pynmea2
@@ -75,10 +74,9 @@ def test_district_lines_keep_clear_of_other_points(seed: int) -> None:
             assert math.dist(xy[a], xy[b]) <= 700.0
 
 
-def test_district_is_fast_and_honours_arguments() -> None:
-    start = time.perf_counter()
+def test_district_honours_arguments() -> None:
+    # how long it takes is bench/engine_cpu.py's figure ("demo district")
     plan = generate_district(7)
-    assert time.perf_counter() - start < 0.2
     small = generate_district(7, n_points=12, n_lines=3, center=(30.0, 120.0))
     assert len(small.points) == 12 and len(small.lines) == 3
     assert all(distance_m(30.0, 120.0, p.lat, p.lon) < 1800 for p in small.points)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from sendorder import send_batches, send_queue
 
 from agent.health import HealthTimer, health_snapshot
 from agent.store.outbox import Stored
@@ -30,8 +31,9 @@ def seqs_of(batch: Batch) -> list[int]:
 
 
 class Box:
-    """A model outbox as the driver uses it: pending alerts first, then the rest, each oldest
-    first, minus what the driver skips (in flight, or held by the core as fresh)."""
+    """A model outbox as the driver uses it: pending alerts first, then records never evicted,
+    then health, each oldest first, minus what the driver skips (in flight, or held by the
+    core as fresh)."""
 
     def __init__(self, seqs: Iterable[int]) -> None:
         self.records = {s: rec(s) for s in seqs}
@@ -44,7 +46,8 @@ class Box:
             for s in sorted(self.records)
             if s not in skipped and s not in self.refused
         ]
-        return sorted(sendable, key=lambda r: (r.type is not RecordType.ALERT, r.seq))
+        served = {RecordType.ALERT: 0, RecordType.HEALTH: 2}
+        return sorted(sendable, key=lambda r: (served.get(r.type, 1), r.seq))
 
     def acknowledge(self, seqs: Iterable[int]) -> None:
         for s in seqs:
@@ -408,30 +411,22 @@ class SyncMachine(RuleBasedStateMachine):
         slots = self.core.free_slots()
         size = self.core.batch_size
         pending = self.box.pending(self.core.skip)[: slots * size]
-        fresh = [self.box.records[s] for s in self.fresh if s not in before]
-        alerts = sorted(
-            (r.seq for r in (*fresh, *pending) if r.type is RecordType.ALERT),
-        )
-        queue = [
-            *alerts,
-            *(r.seq for r in fresh if r.type is not RecordType.ALERT),
-            *(r.seq for r in pending if r.type is not RecordType.ALERT),
-        ]
+        fresh = [self.box.records[s] for s in self.fresh]
+        expected = send_batches(send_queue(fresh, pending, before), size, slots)
         batches = self.core.plan(pending, self.now)
         assert len(batches) <= slots
         seen: set[int] = set()
-        for i, b in enumerate(batches):
+        for b in batches:
             seqs = seqs_of(b)
             assert 1 <= len(seqs) <= size
             assert seqs == sorted(seqs)
             assert not (set(seqs) & before), "a record in flight was sent again"
             assert not (set(seqs) & seen), "a record is in two new batches"
             assert b.id not in self.sent, "a batch id was reused"
-            # alerts, then new records, then the backlog: each batch the next of that queue
-            assert seqs == sorted(queue[i * size : (i + 1) * size])
             seen.update(seqs)
             self.sent[b.id] = seqs
-        assert len(seen) == min(len(queue), slots * size)
+        # alerts, then new records, then the backlog (tests/sendorder.py, docs/protocol.md)
+        assert [seqs_of(b) for b in batches] == expected
         return batches
 
     def _apply(self, ack: Ack) -> None:

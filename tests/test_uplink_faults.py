@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import ssl
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
-from peers import running_center, wait_for
+from peers import DEADLINE_S, running_center, wait_for
 
 from agent.store.outbox import Builder, Built, Outbox, Stored
 from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
@@ -33,7 +32,7 @@ from agent.uplink.sync import SyncCore
 from center.audit import audit
 from contract.errors import LocalError
 from contract.fix import TimeSource
-from contract.protocol import Batch, ack_topic, decode_ack, records_topic, state_topic
+from contract.protocol import MAX_BATCH, Batch, ack_topic, decode_ack, records_topic, state_topic
 from contract.records import ChainPosition, RecordType, build
 from contract.tls import BrokerTls
 from provisioning.registry import Registry
@@ -145,12 +144,11 @@ async def test_two_hundred_devices_buffer_through_a_broker_outage(
     async with running_center(tmp_path, registry, broker), running(*ups):
         await wait_for(lambda: all(b.depth() == 0 for b in boxes.values()), 40, "first sync")
         broker.kill()
-        outage = time.monotonic()
-        while time.monotonic() - outage < 4.0:  # several seconds down, the devices keep working
+        for _ in range(4):  # several seconds down, the devices keep working
             for (d, box), up in zip(boxes.items(), ups, strict=True):
                 up.on_stored(box.append(record(keys[d], d, RecordType.CHECKIN, "during")))
             await asyncio.sleep(1.0)
-        assert all(b.depth() >= 4 for b in boxes.values()), "records went out with no broker"
+        assert all(b.depth() == 4 for b in boxes.values()), "records went out with no broker"
         await asyncio.to_thread(broker.start)
         await wait_for(lambda: all(b.depth() == 0 for b in boxes.values()), 40, "the drain")
     assert all(u.stats.connects >= 2 for u in ups)
@@ -204,7 +202,7 @@ async def test_agent_killed_between_publish_and_acknowledgement(
 # --------------------------------------------------------------------------- the link
 
 
-async def test_half_open_link_detected_within_one_and_a_half_keepalives(
+async def test_a_half_open_link_is_noticed_by_the_uplinks_probe(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
     keepalive = 2
@@ -221,19 +219,20 @@ async def test_half_open_link_detected_within_one_and_a_half_keepalives(
             await asyncio.wait_for(up.connected.wait(), 10)
             for n in (1, 2):  # idle since a moment ago, then right after an acknowledgement
                 up.on_stored(backlog(box, key, 1, f"ok{n}")[0])
-                await wait_for(lambda: box.depth() == 0, 5, "the acknowledgement")
+                await wait_for(lambda: box.depth() == 0, DEADLINE_S, "the acknowledgement")
                 if n == 1:
                     await asyncio.sleep(keepalive * 0.6)
-                silent = time.monotonic()
                 losses = up.stats.link_losses
                 assert proxy.silence() == 1
                 up.on_stored(backlog(box, key, 1, f"lost{n}")[0])  # sent into the void
-                await wait_for(lambda: not up.connected.is_set(), 2 * keepalive, "detection")
-                took = time.monotonic() - silent
+                await wait_for(lambda: not up.connected.is_set(), DEADLINE_S, "detection")
                 assert up.stats.link_losses == losses + 1
-                assert took <= 1.5 * keepalive, f"half-open noticed after {took:.2f} s"
-                await asyncio.wait_for(up.connected.wait(), 10)  # a new connection forwards
-                await wait_for(lambda: box.depth() == 0, 10, "the resend")
+                # noticed by the uplink's probe (within 1.375 keepalives by construction), not
+                # by paho's keepalive (two) nor the batch's PUBACK timeout (ten seconds); how
+                # long it took is bench/backlog.py's figure ("half-open link noticed after")
+                assert "no PUBACK within 0.5 keepalive" in up.stats.last_error
+                await asyncio.wait_for(up.connected.wait(), DEADLINE_S)  # a new one forwards
+                await wait_for(lambda: box.depth() == 0, DEADLINE_S, "the resend")
         assert up.stats.connects == 3
     audit_clean(tmp_path, registry, {"h0001": 4})
     box.close()
@@ -250,11 +249,11 @@ async def test_cancelling_the_uplink_while_its_link_fails_ends_it(
         for i in range(20):
             up = Uplink(box, BrokerAddress(proxy.host, proxy.port), options=options)
             task = asyncio.create_task(up.run(), name=f"uplink-{i}")
-            await asyncio.wait_for(up.connected.wait(), 5)
+            await asyncio.wait_for(up.connected.wait(), DEADLINE_S)
             proxy.cut()
             await asyncio.sleep(0.0005 * i)
             task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=5)
+            done, _ = await asyncio.wait({task}, timeout=DEADLINE_S)
             if not done:
                 up.stop()
                 await task
@@ -288,7 +287,7 @@ async def test_last_will_and_retained_state(tmp_path: Path, broker: Mosquitto) -
             await reader
     async with aiomqtt.Client(broker.host, broker.port, identifier="late") as late:
         await late.subscribe(state_topic("h0001"), qos=1)
-        m = await asyncio.wait_for(anext(aiter(late.messages)), 5)
+        m = await asyncio.wait_for(anext(aiter(late.messages)), DEADLINE_S)
         assert (m.payload, m.retain) == (b"offline", True)
     box.close()
 
@@ -302,7 +301,7 @@ async def test_new_checkins_and_alerts_jump_a_draining_backlog(
     backlog(box, key, 4000)
     up = Uplink(box, BrokerAddress(broker.host, broker.port), core=core(), options=QUICK)
     async with running_center(tmp_path, registry, broker), running(up):
-        await wait_for(lambda: up.stats.records_acked >= 100, 20, "the drain to begin")
+        await wait_for(lambda: up.stats.records_acked >= 100, DEADLINE_S, "the drain to begin")
         new = [
             box.append(record(key, "h0001", RecordType.CHECKIN, "new")),
             box.append(record(key, "h0001", RecordType.ALERT, "alert")),
@@ -310,20 +309,22 @@ async def test_new_checkins_and_alerts_jump_a_draining_backlog(
         for s in new:
             up.on_stored(s)
         seqs = [s.seq for s in new]
-
-        def at_center() -> bool:
-            con = sqlite3.connect(f"file:{tmp_path / 'center.db'}?mode=ro", uri=True)
-            try:
-                q = "SELECT count(*) FROM records WHERE device = 'h0001' AND seq IN (?, ?)"
-                return bool(con.execute(q, seqs).fetchone()[0] == 2)
-            finally:
-                con.close()
-
-        await wait_for(at_center, 10, "the new records at the center")
-        waiting = box.depth()
-        assert waiting >= 1000, f"only {waiting} of the backlog still waited"
-        await wait_for(lambda: box.depth() == 0, 30, "the drain")
-    assert up.core.batch_size == 256, "the batch size did not grow on a fast link"
+        # what of the backlog was still to be sent (not in flight) when they were stored
+        waiting = [s.seq for s in box.pending(10_000, skip=up.core.skip)]
+        assert len(waiting) >= 1000, "drained too far before the new records came"
+        await wait_for(lambda: box.depth() == 0, DEADLINE_S, "the drain")
+    # The center stores records in the order they come (rowid). The new records go in the
+    # next batch (with as much of the backlog as fills it), and all the rest after them,
+    # however fast or slow the link. (How large batches grow on a fast link is
+    # bench/backlog.py's figure.)
+    con = sqlite3.connect(f"file:{tmp_path / 'center.db'}?mode=ro", uri=True)
+    try:
+        rowid = dict(con.execute("SELECT seq, rowid FROM records WHERE device = 'h0001'"))
+    finally:
+        con.close()
+    newest = max(rowid[s] for s in seqs)
+    ahead = [s for s in waiting if rowid[s] < newest]
+    assert len(ahead) < MAX_BATCH, f"{len(ahead)} of the waiting backlog went before them"
     audit_clean(tmp_path, registry, {"h0001": 4002})
     box.close()
 

@@ -3,10 +3,20 @@
 Synchronous and clock-free: whoever drives it (the daemon in real time, the fleet
 simulator on a virtual clock) hands it fixes and the time; the time of every record is
 the time of the event it states. `on_stored` lets the uplink send a new record at once.
+
+The agenda survives a restart. A check-in that satisfies an agenda item, and a missed
+record, settle that item; the record and a mark naming the item (a meta value of the
+outbox, `agenda_mark`) are stored in one transaction, so after a kill or a power cut
+both are there or neither is. `set_agenda` hands the engine the items marked for that
+day, and a restarted agent reports no window again and blames no one for a point already
+visited; marks of earlier days are deleted then. What does not survive is a visit still
+open at a kill (its fixes were never recorded).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +37,14 @@ from contract.records import (
 )
 
 SUSPICION_CODES = {"jump": 1, "time_backwards": 2, "motion_mismatch": 3}
+AGENDA_MARK = "agenda:"  # the outbox meta keys of settled agenda items
+
+
+def agenda_mark(day: dt.date | None, item: AgendaItem) -> str:
+    """The outbox meta key saying `item` of `day`'s agenda is settled (None: no day known).
+    Its window is part of it: a new task bundle with other windows is a new obligation."""
+    what = [item.line, item.order, item.point, item.start_ms, item.end_ms]
+    return f"{AGENDA_MARK}{day.isoformat() if day else '-'}:{json.dumps(what)}"
 
 
 def checkin_body(event: CheckinEvent, plan_version: int) -> dict[int, object]:
@@ -80,9 +98,18 @@ class DeviceAgent:
     last_fix: Fix | None = None
     events: list[Event] = field(default_factory=list)
     keep_events: bool = False
+    day: dt.date | None = None  # the local date of the agenda (`set_agenda`)
 
     def __post_init__(self) -> None:
         self.engine = CheckinEngine(self.plan, self.agenda)
+
+    def set_agenda(self, day: dt.date, agenda: Sequence[AgendaItem]) -> None:
+        """Make `agenda` the engine's for `day`, its items that this device already settled
+        (marked in the outbox) done; forget the marks of earlier days."""
+        self.day = day
+        self.outbox.forget_meta(AGENDA_MARK, below=f"{AGENDA_MARK}{day.isoformat()}")
+        done = [a for a in agenda if self.outbox.meta_int(agenda_mark(day, a)) is not None]
+        self.engine.set_agenda(agenda, done)
 
     def on_nmea(self, data: bytes) -> list[Stored]:
         """Simulation shortcut: raw NMEA whose GNSS time is trusted as it is."""
@@ -109,7 +136,10 @@ class DeviceAgent:
         return [self._store_one(e) for e in events]
 
     def _store_one(self, event: Event) -> Stored:
-        return self.record(*self._describe(event))
+        rtype, time_ms, source, body = self._describe(event)
+        item = None if isinstance(event, SuspicionEvent) else event.item
+        mark = None if item is None else (agenda_mark(self.day, item), int(rtype))
+        return self.record(rtype, time_ms, source, body, meta=mark)
 
     def record(
         self,

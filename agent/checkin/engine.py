@@ -14,7 +14,10 @@ visits close.
 
 Agenda. Given the device's agenda (points per line with windows, agent/checkin/plan.py), a
 check-in inside a window satisfies it; a window closed MISSED_GRACE_S ago with no visit
-is reported as missed.
+is reported as missed. Each event names the item it settled, so that its driver can keep
+that fact with the record; after a restart the driver hands the settled items back with
+the agenda (`set_agenda(agenda, done)`), and the engine neither satisfies nor reports
+them again.
 
 Late fixes (a receiver replaying its buffer) are not dropped: the engine keeps the last
 HORIZON_S of fixes and a checkpoint of its state every CHECKPOINT_S, rewinds to the
@@ -28,7 +31,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from agent.checkin.geo import M_PER_DEG_LAT, distance_m
@@ -56,6 +59,7 @@ class CheckinEvent:
     max_speed_mps: float = 0.0
     line: str | None = None
     suspect: bool = False
+    item: AgendaItem | None = None  # the agenda item it satisfied (`line` is its line)
 
     @property
     def dwell_s(self) -> float:
@@ -70,6 +74,13 @@ class MissedEvent:
     window_start_ms: int | None
     window_end_ms: int | None
     time_ms: int
+
+    @property
+    def item(self) -> AgendaItem:
+        """The agenda item reported missed."""
+        return AgendaItem(
+            self.line, self.point.id, self.order, self.window_start_ms, self.window_end_ms
+        )
 
 
 Event = CheckinEvent | MissedEvent | SuspicionEvent
@@ -179,12 +190,15 @@ class CheckinEngine:
         self.stats.late += 1
         return self._fresh(self._replay_with(fix))
 
-    def set_agenda(self, agenda: Sequence[AgendaItem]) -> None:
-        """A new day's (or a new task bundle's) agenda replaces the old one."""
+    def set_agenda(self, agenda: Sequence[AgendaItem], done: Collection[AgendaItem] = ()) -> None:
+        """A new day's (or a new task bundle's) agenda replaces the old one. `done`: its
+        items already settled (checked in or reported missed), as the device recorded them
+        before a restart: none is satisfied or reported again."""
         self.agenda = list(agenda)
-        self._state.done.clear()
+        settled = {i for i, a in enumerate(self.agenda) if a in done}
+        self._state.done = set(settled)
         for _, snap in self._checkpoints:
-            snap.done.clear()
+            snap.done = set(settled)
 
     def tick(self, now_ms: int) -> list[Event]:
         """Time passes without fixes: close silent visits, report missed windows."""
@@ -262,6 +276,7 @@ class CheckinEngine:
         judged = judge(v, p)
         if judged is None:
             return []
+        item = self._satisfy(st, p.id, judged.arrival_ms)
         event = CheckinEvent(
             point=p,
             arrival_ms=judged.arrival_ms,
@@ -270,14 +285,15 @@ class CheckinEngine:
             fixes_inside=v.inside,
             verdict=judged.verdict,
             max_speed_mps=max(v.speeds, default=0.0),
-            line=self._satisfy(st, p.id, judged.arrival_ms),
+            line=None if item is None else item.line,
             suspect=v.suspect,
+            item=item,
         )
         return [event]
 
     # -- agenda --------------------------------------------------------------------------
 
-    def _satisfy(self, st: _State, point: str, arrival_ms: int) -> str | None:
+    def _satisfy(self, st: _State, point: str, arrival_ms: int) -> AgendaItem | None:
         for i, a in enumerate(self.agenda):
             if i in st.done or a.point != point:
                 continue
@@ -285,7 +301,7 @@ class CheckinEngine:
                 a.end_ms is None or arrival_ms <= a.end_ms
             ):
                 st.done.add(i)
-                return a.line
+                return a
         return None
 
     def _missed(self, st: _State, now_ms: int) -> list[Event]:

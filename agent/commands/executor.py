@@ -188,7 +188,7 @@ class CommandExecutor:
         if bundle is not None and now is not None:
             today = local_date(now, self.agent.plan.utc_offset_min)
             if bundle.date == today:
-                self.agent.engine.set_agenda(self.agenda(today))
+                self.agent.set_agenda(today, self.agenda(today))
 
     def agenda(self, date: dt.date) -> list[AgendaItem]:
         """The agenda for `date`: the task bundle for that date if there is one, else the
@@ -216,7 +216,7 @@ class CommandExecutor:
         elif (isinstance(body, TaskBundle) and body.date == today) or (
             isinstance(body, ConfigChange) and "team" in body.settings
         ):
-            self.agent.engine.set_agenda(self.agenda(today))
+            self.agent.set_agenda(today, self.agenda(today))
 
     # -- one command ---------------------------------------------------------------------------
 

@@ -192,9 +192,8 @@ class Outbox:
                 chain = self._begin_chain(reserve, salvaged)  # writes the sidecar first
             self.salvage = SalvageReport.from_json(self._meta("salvage"))
             self._boot, self._next_seq, self._prev = chain.boot, chain.seq, chain.prev
-            self._held = int(
-                self._db.execute("SELECT total(length(raw)) FROM outbox").fetchone()[0]
-            )
+            held = self._db.execute("SELECT total(length(raw)) FROM outbox").fetchone()[0]
+            self._held = int(held)
             if known:
                 self._keep_reserve(reserve)
         except BaseException:
@@ -378,7 +377,7 @@ class Outbox:
 
         `evictable` (health records only) lets the size cap delete it, oldest first.
         `meta`: (key, value) written in the same transaction (`meta_int` reads it), for a
-        fact that must change exactly when the record is stored (a dock's closed mission).
+        fact that changes exactly with the record (a dock's closed mission, a settled agenda item).
         """
         also = None if meta is None else (SET_META, (f"x:{meta[0]}", meta[1]))
         return self._append((build,), evictable, also)[0]
@@ -387,6 +386,15 @@ class Outbox:
         """A value `append(meta=...)` wrote (None: never written)."""
         row = self._db.execute("SELECT v FROM meta WHERE k = ?", (f"x:{key}",)).fetchone()
         return row[0] if row is not None and isinstance(row[0], int) else None
+
+    def forget_meta(self, start: str, below: str) -> None:
+        """Delete the values `append(meta=...)` wrote under keys from `start` to `below`."""
+        keys = (f"x:{start}", f"x:{below}")
+        try:
+            with self._tx():
+                self._db.execute("DELETE FROM meta WHERE k >= ? AND k < ?", keys)
+        except sqlite3.Error as exc:
+            raise self._error("cannot forget meta values", exc) from exc
 
     def append_many(self, builds: Iterable[Builder], *, evictable: bool = False) -> list[Stored]:
         """`append` for several records in one transaction: all are stored, or none.
@@ -454,13 +462,8 @@ class Outbox:
         if self.cap_exceeded:
             level = logging.DEBUG if self._cap_warned else logging.WARNING
             self._cap_warned = True
-            log.log(
-                level,
-                "outbox %s: %d bytes held, over the cap of %d, and too little to evict",
-                self.path,
-                self._held,
-                self.cap_bytes,
-            )
+            log.log(level, "outbox %s: %d bytes held, over the cap of %d, and too little to evict",
+                    self.path, self._held, self.cap_bytes)  # fmt: skip
         return out
 
     def _evict(

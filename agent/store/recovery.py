@@ -45,6 +45,7 @@ RESERVE_BLOCK = 4096  # sequence numbers reserved per sidecar write
 RESERVE_MAX = 2**53 - 1  # above this a sidecar's boot or seq_limit is damage, not history
 SIDECAR_MAX = 4096  # bytes: a sidecar is a few dozen; more is not a sidecar
 _CORRUPT = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_HOT_JOURNAL = 776  # SQLITE_READONLY_ROLLBACK: a hot journal that a read-only connection met
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +176,14 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
     return isinstance(code, int) and code & 0xFF in _CORRUPT
 
 
-def inspect(path: Path) -> tuple[str | None, Salvage | None]:
+def inspect(path: Path, *, rolled_back: bool = False) -> tuple[str | None, Salvage | None]:
     """Why the file at `path` is damaged (None: healthy or absent), and its salvaged chain.
 
     Read-only, so that looking changes nothing in a damaged file (no checkpoint on close).
     Errors that are not damage (a locked or unreadable file) raise: moving a good file
-    aside because of them would lose it.
+    aside because of them would lose it. One exception: a hot rollback journal (a power
+    cut while a new file was being made, before it switched to WAL) must be rolled back
+    before anyone can read the file, and only a writer can: one does, then we look again.
     """
     if not path.exists():
         orphans = [p for p in _companions(path) if p.exists()]
@@ -196,12 +199,29 @@ def inspect(path: Path) -> tuple[str | None, Salvage | None]:
             if damage is None:
                 damage = _check_meta(con)
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == _HOT_JOURNAL and not rolled_back:
+                con.close()
+                _roll_back(path)
+                return inspect(path, rolled_back=True)
             if not _is_corruption(exc):
                 raise StorageError(f"outbox {path}: cannot check: {exc}") from exc
             damage = str(exc)
         return (None, None) if damage is None else (damage, _salvage(con))
     finally:
         con.close()
+
+
+def _roll_back(path: Path) -> None:
+    """Let SQLite roll back the hot journal of `path`, as any writer's first read does."""
+    try:
+        con = sqlite3.connect(path)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        if not _is_corruption(exc):  # damage is the second look's to find
+            raise StorageError(f"outbox {path}: cannot roll back its journal: {exc}") from exc
 
 
 def _check_meta(con: sqlite3.Connection) -> str | None:

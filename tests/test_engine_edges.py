@@ -1,0 +1,188 @@
+"""The check-in gates at their exact limits (agent/checkin/visits.py, engine.py, motion.py),
+found by the mutation benchmark (bench/mutation.py; docs/testing.md).
+
+tests/test_engine.py holds each rule with values well inside or outside it; these hold the
+limit itself, one step either side: what a patrol member standing at the edge of a rule gets.
+"""
+
+from __future__ import annotations
+
+from agent.checkin.engine import MISSED_GRACE_S, CheckinEngine, CheckinEvent, Event, MissedEvent
+from agent.checkin.geo import offset
+from agent.checkin.motion import QUARANTINE_S, SuspicionEvent, SuspicionKind
+from agent.checkin.plan import AgendaItem, Line, Plan, Point
+from agent.checkin.visits import EXIT_FIXES, EXIT_MARGIN_M, MAX_GAP_S
+from contract.fix import Fix, FixMode
+from contract.records import Verdict
+
+T0 = 1_767_223_800_000
+LAT0, LON0 = 29.265, 106.255
+
+
+def point(radius: float = 25.0, dwell: float = 60.0, **kw: object) -> Point:
+    return Point("A", LAT0, LON0, radius_m=radius, dwell_s=dwell, **kw)  # type: ignore[arg-type]
+
+
+def plan_of(p: Point) -> Plan:
+    return Plan(1, (p,), (Line("L1", (p.id,)),))
+
+
+class Track:
+    """Fixes at 1 Hz, positions in metres north of the point."""
+
+    def __init__(self) -> None:
+        self.t = T0
+        self.fixes: list[Fix] = []
+
+    def at(self, north: float, doppler: float = 0.0, accuracy: float = 3.0) -> None:
+        lat, lon = offset(LAT0, LON0, north, 0.0)
+        self.fixes.append(
+            Fix(time_ms=self.t, lat=lat, lon=lon, accuracy_m=accuracy, hdop=accuracy / 3,
+                mode=FixMode.FIX_3D, satellites=9, speed_mps=doppler)
+        )  # fmt: skip
+        self.t += 1000
+
+    def stand(self, seconds: int, north: float, accuracy: float = 3.0) -> None:
+        for _ in range(seconds):
+            self.at(north, accuracy=accuracy)
+
+    def walk(self, a: float, b: float, speed: float, doppler: float) -> None:
+        """From a to b metres north at `speed`, reporting `doppler` as its own speed."""
+        steps = round(abs(b - a) / speed)
+        for k in range(steps):
+            self.at(a + (b - a) * k / steps, doppler)
+
+    def pause(self, seconds: int) -> None:
+        self.t += seconds * 1000
+
+
+def events_of(p: Point, fixes: list[Fix]) -> list[Event]:
+    engine = CheckinEngine(plan_of(p))
+    events: list[Event] = []
+    for f in fixes:
+        events += engine.feed(f)
+    return events + engine.finish()
+
+
+def checkins(p: Point, fixes: list[Fix]) -> list[CheckinEvent]:
+    return [e for e in events_of(p, fixes) if isinstance(e, CheckinEvent)]
+
+
+def test_a_gap_of_exactly_max_gap_s_keeps_the_visit_visited_one_second_more_does_not() -> None:
+    gap = int(MAX_GAP_S)
+    for gap_s, verdict in ((gap, Verdict.VISITED), (gap + 1, Verdict.UNCERTAIN)):
+        tr = Track()
+        tr.stand(5, 36.0)  # outside radius and margin
+        tr.stand(40, 2.0)
+        tr.pause(gap_s - 1)  # the next fix comes gap_s after the last
+        tr.stand(40, 2.0)
+        tr.stand(EXIT_FIXES, 36.0)
+        (ev,) = checkins(point(), tr.fixes)
+        assert (ev.verdict, ev.suspect) == (verdict, False), gap_s
+
+
+def test_a_large_point_keeps_a_margin_of_a_fifth_of_its_radius() -> None:
+    """Radius 100 m: the margin is 20 m, not EXIT_MARGIN_M; fixes 10 m beyond the edge do
+    not end the visit, fixes 25 m beyond it do."""
+    p = point(radius=100.0)
+    assert 0.2 * p.radius_m > EXIT_MARGIN_M + 10
+    tr = Track()
+    tr.stand(5, 130.0)
+    tr.stand(70, 95.0)
+    tr.stand(EXIT_FIXES + 5, 110.0)  # in the margin: the visit stays open
+    tr.stand(10, 95.0)
+    tr.stand(EXIT_FIXES, 125.0)  # beyond it: the visit ends
+    (ev,) = checkins(p, tr.fixes)
+    assert ev.verdict is Verdict.VISITED
+    assert ev.dwell_s == 70 + EXIT_FIXES + 5 + 10 - 1  # first to last fix inside
+
+
+def test_after_a_restart_the_items_already_settled_are_neither_satisfied_nor_missed() -> None:
+    p = point()
+    window = (T0, T0 + 600_000)
+    a1 = AgendaItem("L1", "A", 0, *window)
+    a2 = AgendaItem("L2", "A", 0, *window)
+    engine = CheckinEngine(plan_of(p))
+    engine.set_agenda([a1, a2], done=[a1])  # a1 checked in before the restart
+    tr = Track()
+    tr.stand(70, 2.0)
+    tr.stand(EXIT_FIXES, 36.0)
+    got: list[Event] = []
+    for f in tr.fixes:
+        got += engine.feed(f)
+    (ev,) = [e for e in got if isinstance(e, CheckinEvent)]
+    assert ev.item == a2  # the visit satisfies the item still open, not the settled one
+    assert engine.tick(window[1] + int(MISSED_GRACE_S * 1000) + 1) == []  # nothing missed
+    # positive control: with nothing settled, the same day reports the other item missed
+    engine = CheckinEngine(plan_of(p))
+    engine.set_agenda([a1, a2], done=[])
+    for f in tr.fixes:
+        engine.feed(f)
+    late = engine.tick(window[1] + int(MISSED_GRACE_S * 1000) + 1)
+    assert [(e.line, e.point.id) for e in late if isinstance(e, MissedEvent)] == [("L2", "A")]
+
+
+def test_suspicions_name_their_figure_in_the_record_s_detail() -> None:
+    """The detail is key 17 of the suspicion record the center keeps: it must say how far
+    behind a late fix was, and how fast a jump would have been."""
+    tr = Track()
+    tr.stand(700, 300.0)
+    late = Track()
+    late.t = T0 + 10_000  # the newest fix is at T0 + 699 s: 689 s behind it
+    late.stand(1, 300.0)
+    tr.fixes.append(late.fixes[0])
+    tr.at(300.0)
+    tr.at(300.0 + 1_000.0)  # a kilometre in a second
+    found = [e for e in events_of(point(), tr.fixes) if isinstance(e, SuspicionEvent)]
+    assert [(e.kind, e.detail) for e in found] == [
+        (SuspicionKind.TIME_BACKWARDS, "689 s behind the newest fix"),
+        (SuspicionKind.JUMP, "implied speed 1000 m/s"),
+    ]
+
+
+def test_after_a_drag_a_receiver_saying_still_stays_in_quarantine() -> None:
+    """Positions that ran at 5 m/s while Doppler said still: whatever the receiver reports as
+    standing afterwards may be the spoofer's, so a visit opened long after the suspicion, on
+    fixes whose Doppler still says still, is suspect; once Doppler says moving, it is not."""
+    for doppler_after, suspect in ((0.0, True), (0.8, False)):
+        tr = Track()
+        tr.stand(5, 700.0)
+        tr.walk(700.0, 300.0, speed=5.0, doppler=0.0)  # dragged: MOTION_MISMATCH
+        dragged_until = tr.t
+        tr.walk(300.0, 2.0, speed=0.8, doppler=doppler_after)  # ~6 min, too slow to be one
+        tr.stand(70, 2.0)
+        tr.stand(EXIT_FIXES, 36.0)
+        events = events_of(point(), tr.fixes)
+        found = [e for e in events if isinstance(e, SuspicionEvent)]
+        assert found
+        assert {e.kind for e in found} == {SuspicionKind.MOTION_MISMATCH}
+        last = max(e.time_ms for e in found)
+        assert last < dragged_until + 90_000  # raised by the drag, not by the slow walk
+        (ev,) = [e for e in events if isinstance(e, CheckinEvent)]
+        assert ev.arrival_ms - last > 2 * QUARANTINE_S * 1000  # long after it
+        assert ev.suspect is suspect, doppler_after
+
+
+def visit_with_dopplers(p: Point, dopplers: list[float]) -> list[CheckinEvent]:
+    tr = Track()
+    tr.stand(3, 36.0)
+    for v in dopplers:
+        tr.at(2.0, doppler=v)
+    tr.stand(EXIT_FIXES, 36.0)
+    return checkins(p, tr.fixes)
+
+
+def test_the_speed_gate_takes_the_90th_percentile_of_the_visit_s_speeds() -> None:
+    """60 fixes: the 90th percentile is the 54th slowest. Five fast fixes do not make a
+    drive-by, seven do: a gate on the maximum, or on a rank one off, says otherwise."""
+    p = point(dwell=50.0, max_speed_mps=2.0)
+    slow, fast = 0.3, 3.0
+    assert len(visit_with_dopplers(p, [slow] * 55 + [fast] * 5)) == 1
+    assert len(visit_with_dopplers(p, [slow] * 54 + [fast] * 6)) == 1
+    assert visit_with_dopplers(p, [slow] * 53 + [fast] * 7) == []
+
+
+def test_a_short_visit_s_90th_percentile_is_its_fastest_fix() -> None:
+    p = point(dwell=3.0, max_speed_mps=2.0)
+    assert visit_with_dopplers(p, [0.3] * 4 + [3.0]) == []  # 5 fixes: the fastest decides
+    assert len(visit_with_dopplers(p, [0.3] * 5)) == 1  # positive control
