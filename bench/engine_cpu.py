@@ -9,9 +9,11 @@ inside 99,369 more points over 60 km x 60 km. The city's points stay outside the
 square, so the walk sees the same neighbourhood in both plans and the ratio isolates plan
 size (the engine finds points through a uniform grid, so it should be near 1). Times are
 CPU (time.process_time) for feeding the fixes, the best of R runs; building the engine
-(the grid) is reported apart. Both runs must produce the same check-ins. Last, the CPU time
-to generate the demo's small district (simulators/district.py), which `picket demo` builds
-before anything else runs.
+(the grid) is reported apart. Both runs must produce the same check-ins. Then the same walk
+seen by a 10 Hz receiver (open sky at 10 Hz, simulators/rates.py: the same kind of error,
+ten fixes a second) fed to the district's engine: CPU per fix and per second of walk, against
+the 1 Hz walk's. Last, the CPU time to generate the demo's small district
+(simulators/district.py), which `picket demo` builds before anything else runs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from agent.checkin.plan import Plan, Point
 from contract.fix import Fix
 from simulators.district import generate_district
 from simulators.errors import Condition, Sample, draw_model, observe
+from simulators.rates import draw, observe_rated
 
 CENTER = (29.265, 106.255)
 DISTRICT_POINTS, DISTRICT_M = 631, 10_000.0
@@ -87,7 +90,9 @@ def plans(seed: int) -> tuple[Plan, Plan, list[tuple[float, float]]]:
     return Plan(1, tuple(district)), Plan(1, tuple(district + others)), spots
 
 
-def walk(seed: int, spots: list[tuple[float, float]], plan: Plan, stops: int) -> list[Fix]:
+def walk(
+    seed: int, spots: list[tuple[float, float]], plan: Plan, stops: int, rate_hz: int = 1
+) -> list[Fix]:
     """A patrol from point to nearest unvisited point, standing dwell + 30 s at each."""
     rng = random.Random(seed + 1)
     here = spots[0]
@@ -106,8 +111,12 @@ def walk(seed: int, spots: list[tuple[float, float]], plan: Plan, stops: int) ->
         dwell = plan.points[k].dwell_s
         samples += [Sample(target[0], target[1], 0.0, course)] * int(dwell + 30)
         here = target
-    model = draw_model(Condition.OPEN_SKY, rng)
-    obs = observe(model, samples, rng, CENTER, 1_767_225_600_000)
+    if rate_hz == 1:
+        model = draw_model(Condition.OPEN_SKY, rng)
+        obs = observe(model, samples, rng, CENTER, 1_767_225_600_000)
+    else:
+        model = draw(Condition.OPEN_SKY_10HZ, rng)
+        obs = observe_rated(model, samples, rng, CENTER, 1_767_225_600_000)
     return [f for f in obs.fixes if f is not None]
 
 
@@ -147,6 +156,16 @@ def main() -> None:
     ratio = results["city"][0] / results["district"][0]
     same = results["city"][1] == results["district"][1]
     print(f"ratio city / district: {ratio:.2f}  (same check-ins: {'yes' if same else 'NO'})")
+    fast = walk(args.seed, spots, district, args.stops, rate_hz=10)
+    runs = [feed(district, fast) for _ in range(args.repeat)]
+    best10 = min(r[1] for r in runs)
+    seconds = len(fixes)  # the 1 Hz walk: one fix per second
+    print(
+        f"10 Hz walk: {len(fast):,} fixes, district {1e6 * best10 / len(fast):7.1f} µs/fix"
+        f"  ({1e6 * best10 / seconds:.1f} µs per second of walk against"
+        f" {1e6 * results['district'][0] / seconds:.1f} at 1 Hz; {len(runs[0][2])} check-ins"
+        f" against {len(results['district'][1])})"
+    )
     demo = []
     for _ in range(args.repeat):
         t0 = time.process_time()

@@ -60,7 +60,8 @@ class Field:
     required: bool = False
 
 
-def _req(name: str, kind: b.Kind) -> Field:
+# Runs at import only, building BODY_SCHEMA (docs/testing.md, "Mutation benchmark").
+def _req(name: str, kind: b.Kind) -> Field:  # pragma: no mutate block
     return Field(name, kind, required=True)
 
 

@@ -21,6 +21,11 @@ The error budget, per condition:
 - POCKET: open sky, plus white jitter of 1-2 m (RMS) per fix (body shadowing, antenna facing
   the thigh), Doppler noise of +-0.3 m/s, and occasional dropouts of 3-5 s.
 
+These four are observed second by second (`observe`). The conditions added with issue 17
+(biased urban multipath, 5 and 10 Hz receivers, a receiver that switches rate) are built in
+simulators/multipath.py and simulators/rates.py on the same parameters and sampled at the
+receiver's rate; the four above are left exactly as they were, seed for seed.
+
 All randomness comes from the caller's `random.Random`; nothing here reads a clock.
 """
 
@@ -52,10 +57,25 @@ ACCURACY_WANDER = 0.1  # the claimed accuracy stays within +-10 % of its mean
 
 
 class Condition(enum.StrEnum):
+    """A bench condition: an environment and a receiver rate (the last six: simulators/rates.py)."""
+
     OPEN_SKY = "open_sky"
     URBAN_CANYON = "urban_canyon"
     UNDER_COVER = "under_cover"
     POCKET = "pocket"
+    URBAN_BIASED = "urban_biased"
+    URBAN_BIASED_GST = "urban_biased_gst"
+    OPEN_SKY_5HZ = "open_sky_5hz"
+    OPEN_SKY_10HZ = "open_sky_10hz"
+    URBAN_BIASED_10HZ = "urban_biased_10hz"
+    RATE_SWITCH = "rate_switch"
+
+
+# The conditions observed second by second by `observe` below, as before rates existed: their
+# cases are the same, byte for byte, as when they were the only ones.
+ONE_HZ = frozenset(
+    {Condition.OPEN_SKY, Condition.URBAN_CANYON, Condition.UNDER_COVER, Condition.POCKET}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +103,17 @@ class ErrorModel:
     dropout_rate: float = 0.0
     outage: bool = False  # one outage where the scenario puts the cover
     accuracy_bounds: tuple[float, float] = (0.0, math.inf)
+    # simulators/rates.py and simulators/multipath.py: the receiver's rate (Hz), the rate it
+    # switches to mid-walk (if it does), a facade reflection's bias (metres, bearing at the
+    # start, turn in degrees per minute), whether the accuracy comes from GST (else HDOP x
+    # UERE) and what share of the multipath error GST sees
+    rate_hz: int = 1
+    switch_hz: int | None = None
+    bias_m: float = 0.0
+    bias_bearing_deg: float = 0.0
+    bias_turn_dpm: float = 0.0
+    gst: bool = True
+    gst_multipath: float = 0.0
 
     @property
     def effective_sigma_m(self) -> float:
@@ -137,34 +168,47 @@ def fix_at(  # noqa: PLR0917 - one receiver cycle, in the order a receiver state
     accuracy_m: float,
     speed_mps: float,
     course_deg: float,
+    hdop: float | None = None,
 ) -> Fix:
-    """The fix this model's receiver reports at `position` (metres north, east of origin)."""
+    """The fix this model's receiver reports at `position` (metres north, east of origin).
+
+    `hdop` defaults to the model's, scaled as the accuracy wanders from its mean.
+    """
     lat, lon = offset(origin[0], origin[1], position[0], position[1])
     return Fix(
         time_ms=time_ms,
         lat=lat,
         lon=lon,
         accuracy_m=accuracy_m,
-        hdop=model.hdop * accuracy_m / model.accuracy_m,
+        hdop=model.hdop * accuracy_m / model.accuracy_m if hdop is None else hdop,
         alt_m=250.0,
         mode=FixMode.FIX_3D,
         satellites=model.satellites,
         speed_mps=max(0.0, speed_mps),
         course_deg=course_deg % 360.0,
-        accuracy_from_gst=True,
+        accuracy_from_gst=model.gst,
     )
 
 
 @dataclass(slots=True)
 class Observation:
-    """What the receiver reported for each true second (None: nothing), and why."""
+    """What the receiver reported at each epoch (None: nothing), and why.
+
+    An epoch is a true second here; at other rates (simulators/rates.py) `offsets_ms` says
+    when each one was, from the start, and `white` and `bias` split its error.
+    """
 
     fixes: list[Fix | None]
-    errors: list[tuple[float, float]]  # (north, east) error added to each second's truth
-    excursions: list[tuple[float, float] | None]  # each second's multipath offset, if any
+    errors: list[tuple[float, float]]  # (north, east) error added to each epoch's truth
+    excursions: list[tuple[float, float] | None]  # each epoch's multipath offset, if any
+    offsets_ms: list[int] = dataclasses.field(default_factory=list)
+    white: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    bias: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
 
-def _excursions(model: ErrorModel, n: int, rng: random.Random) -> list[tuple[float, float] | None]:
+def draw_excursions(
+    model: ErrorModel, n: int, rng: random.Random
+) -> list[tuple[float, float] | None]:
     """Multipath: per second, the excursion's offset, or None outside one."""
     out: list[tuple[float, float] | None] = [None] * n
     i = 0
@@ -192,7 +236,7 @@ def draw_outage(model: ErrorModel, rng: random.Random, cover_at: int) -> tuple[i
     return start, start + rng.randint(*OUTAGE_S)
 
 
-def _silences(
+def draw_silences(
     model: ErrorModel, n: int, rng: random.Random, outage: tuple[int, int] | None
 ) -> list[bool]:
     """Seconds with no fix at all: pocket dropouts, and the cover's outage."""
@@ -230,9 +274,9 @@ def observe(  # noqa: PLR0917 - the scenario's positional call reads as a senten
     gauss, uniform = rng.gauss, rng.uniform
     err_n, err_e = gauss(0, axis), gauss(0, axis)
     excursions: list[tuple[float, float] | None] = (
-        _excursions(model, n, rng) if model.outlier_rate else [None] * n
+        draw_excursions(model, n, rng) if model.outlier_rate else [None] * n
     )
-    missing = _silences(model, n, rng, outage)
+    missing = draw_silences(model, n, rng, outage)
     acc, acc_lo, acc_hi = model.accuracy_m, *model.accuracy_bounds
     wander_lo = model.accuracy_m * (1 - ACCURACY_WANDER)
     wander_hi = model.accuracy_m * (1 + ACCURACY_WANDER)
@@ -268,4 +312,4 @@ def observe(  # noqa: PLR0917 - the scenario's positional call reads as a senten
                 smp.course_deg,
             )
         )
-    return Observation(fixes, errors, excursions)
+    return Observation(fixes, errors, excursions, [1000 * i for i in range(n)])

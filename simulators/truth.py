@@ -4,7 +4,10 @@ The cases come from simulators/truthcases.py, each a pure function of (seed, beh
 condition, index) and labelled from the true track alone; this module runs each through a
 fresh `CheckinEngine` and scores what came out. Precision and recall of VISITED check-ins
 count only the unambiguous cases of the SCORED behaviours; the ambiguous ones (EDGE, some
-corner cuts) are reported apart. So are JUMP and SPOOF cases, which have their own
+corner cuts) are reported apart. A real visit's first VISITED check-in is a true one and
+every other VISITED check-in a false one, so a visit checked in twice (a double) costs
+precision; each condition has issue 17's goals (`goals`), and the board's goal is met when
+every condition run meets them. So are JUMP and SPOOF cases, which have their own
 measures: every jump is to be flagged, and the engine is meant to hold any visit near a
 suspicion to UNCERTAIN. Drive-bys are at points that forbid them by speed, where any
 check-in at all counts against the engine.
@@ -15,7 +18,7 @@ it, and `picket bench checkins` (picket/benchcmd.py) only prints the board and i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.checkin.engine import CheckinEngine, CheckinEvent
@@ -89,10 +92,27 @@ def run_case(case: Case) -> Outcome:
 
 # -- the benchmark -----------------------------------------------------------------------
 
-GOAL_PRECISION = 0.999
-GOAL_RECALL = 0.995
-GOAL_CONDITIONS = (Condition.OPEN_SKY, Condition.URBAN_CANYON)
-VISIT_CASES = 2  # visits: twice n per condition, the denominator of recall and precision
+GOAL_PRECISION = 0.999  # of VISITED, in every condition; a double check-in counts as false
+GOAL_RECALL = 0.995  # of VISITED, where the sky lets the receiver see
+GOAL_RECALL_BIASED = 0.95  # of VISITED, under a facade reflection ...
+GOAL_RECALL_ANY = 0.995  # ... and of VISITED or UNCERTAIN there (a person reviews the rest)
+BIASED = (Condition.URBAN_BIASED, Condition.URBAN_BIASED_GST, Condition.URBAN_BIASED_10HZ)
+
+
+def goals(condition: Condition) -> dict[str, float]:
+    """Issue 17's goals for `condition`: measure (a `Score` property) -> its minimum."""
+    if condition in BIASED:
+        return {
+            "precision": GOAL_PRECISION,
+            "recall": GOAL_RECALL_BIASED,
+            "recall_any": GOAL_RECALL_ANY,
+        }
+    if condition is Condition.POCKET:  # the issue sets no recall for a pocket
+        return {"precision": GOAL_PRECISION}
+    return {"precision": GOAL_PRECISION, "recall": GOAL_RECALL}
+
+
+VISIT_CASES = 5  # visits: five times n per condition, the denominator of recall
 EDGE_CASES = 0.2  # ambiguous visits: a fifth of n, reported apart
 
 
@@ -104,9 +124,11 @@ def case_count(behaviour: Behaviour, n: int) -> int:
     return n
 
 
-def case_keys(n: int) -> list[tuple[Behaviour, Condition, int]]:
-    """The cases of a run with `n` per behaviour and condition (2n visits, n/5 EDGE ones)."""
-    return [(b, c, i) for c in Condition for b in Behaviour for i in range(case_count(b, n))]
+def case_keys(
+    n: int, conditions: Sequence[Condition] = tuple(Condition)
+) -> list[tuple[Behaviour, Condition, int]]:
+    """The cases of a run with `n` per behaviour and condition (5n visits, n/5 EDGE ones)."""
+    return [(b, c, i) for c in conditions for b in Behaviour for i in range(case_count(b, n))]
 
 
 @dataclass(slots=True)
@@ -134,45 +156,109 @@ class Tally:
 
 @dataclass(slots=True)
 class Score:
-    """Precision and recall of VISITED check-ins over the unambiguous cases of a condition."""
+    """Check-ins against the unambiguous cases of one condition.
+
+    A real visit's first VISITED check-in is a true one; every other VISITED check-in is a
+    false one: at a non-visit, and the second and later at one real visit (a double
+    check-in: the center would count two visits). Precision is of VISITED check-ins, recall
+    of real visits.
+    """
 
     cases: int = 0
     ambiguous: int = 0
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    uncertain: int = 0  # of the false negatives, those with an UNCERTAIN check-in
+    visits: int = 0  # real visits
+    tp: int = 0  # real visits with a VISITED check-in
+    false_checkins: int = 0  # VISITED check-ins at non-visits
+    doubles: int = 0  # real visits with two or more check-ins of any verdict
+    double_visited: int = 0  # VISITED check-ins after a real visit's first: false ones
+    fn: int = 0  # real visits without a VISITED check-in
+    uncertain: int = 0  # of those, the ones with an UNCERTAIN check-in
+    uncertain_non_visits: int = 0  # non-visits with an UNCERTAIN check-in (and no VISITED)
+    hidden: int = 0  # real visits the sky hid (Case.hidden): apart from recall
+    hidden_visited: int = 0  # of those, with a VISITED check-in (true, and lucky)
+    hidden_uncertain: int = 0  # of those, with only an UNCERTAIN check-in
+
+    @property
+    def fp(self) -> int:
+        return self.false_checkins + self.double_visited
+
+    @property
+    def missed(self) -> int:
+        """Real visits with no check-in at all."""
+        return self.fn - self.uncertain
 
     @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+        true = self.tp + self.hidden_visited
+        return true / (true + self.fp) if true + self.fp else 1.0
 
     @property
     def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+        return self.tp / self.visits if self.visits else 1.0
+
+    @property
+    def recall_any(self) -> float:
+        """Real visits with a check-in of either verdict."""
+        return (self.tp + self.uncertain) / self.visits if self.visits else 1.0
 
     def add(self, o: Outcome) -> None:
         if not o.case.unambiguous:
             self.ambiguous += 1
             return
         self.cases += 1
-        if o.case.visited:
+        if o.case.hidden:
+            self.hidden += 1
+            self.hidden_visited += o.visited > 0
+            self.hidden_uncertain += o.visited == 0 and o.uncertain > 0
+            self.double_visited += max(0, o.visited - 1)
+            self.doubles += o.checkins > 1
+        elif o.case.visited:
+            self.visits += 1
             self.tp += o.visited > 0
+            self.double_visited += max(0, o.visited - 1)
+            self.doubles += o.checkins > 1
             self.fn += o.visited == 0
             self.uncertain += o.visited == 0 and o.uncertain > 0
         else:
-            self.fp += o.visited > 0
+            self.false_checkins += o.visited
+            self.uncertain_non_visits += o.visited == 0 and o.uncertain > 0
 
-    def as_json(self) -> dict[str, object]:
+    def measure(self, name: str) -> float:
+        values = {"precision": self.precision, "recall": self.recall, "recall_any": self.recall_any}
+        return values[name]
+
+    def goals_met(self, condition: Condition) -> dict[str, bool]:
+        return {k: self.measure(k) >= v for k, v in goals(condition).items()}
+
+    def as_json(self, condition: Condition) -> dict[str, object]:
+        met = self.goals_met(condition)
         return {
             "cases": self.cases,
             "ambiguous": self.ambiguous,
+            "visits": self.visits,
+            "non_visits": self.cases - self.visits,
             "tp": self.tp,
             "fp": self.fp,
             "fn": self.fn,
             "uncertain": self.uncertain,
+            "true_checkins": self.tp,
+            "false_checkins": self.false_checkins,
+            "double_checkins": self.doubles,
+            "double_visited_checkins": self.double_visited,
+            "uncertain_visits": self.uncertain,
+            "uncertain_non_visits": self.uncertain_non_visits,
+            "missed": self.missed,
+            "hidden_visits": self.hidden,
+            "hidden_visited": self.hidden_visited,
+            "hidden_uncertain": self.hidden_uncertain,
             "precision": round(self.precision, 6),
             "recall": round(self.recall, 6),
+            "recall_any": round(self.recall_any, 6),
+            "goals": {
+                k: {"min": v, "value": round(self.measure(k), 6), "met": met[k]}
+                for k, v in goals(condition).items()
+            },
+            "goal_met": all(met.values()),
         }
 
 
@@ -223,9 +309,9 @@ class Scoreboard:
 
     @property
     def goal_met(self) -> bool:
-        scores = [self.conditions.get(c, Score()) for c in GOAL_CONDITIONS]
+        """Every condition run meets its goals; no drive-by check-in; every jump flagged."""
         return (
-            all(s.precision >= GOAL_PRECISION and s.recall >= GOAL_RECALL for s in scores)
+            all(all(s.goals_met(c).values()) for c, s in self.conditions.items())
             and self.drive_by_checkins == 0
             and self.jumps_flagged == self.jumps_injected
         )
@@ -239,7 +325,7 @@ class Scoreboard:
             "seed": self.seed,
             "cases_per_cell": self.cases_per_cell,
             "fixes": self.fixes,
-            "conditions": {c.value: s.as_json() for c, s in sorted(self.conditions.items())},
+            "conditions": {c.value: s.as_json(c) for c, s in sorted(self.conditions.items())},
             "behaviours": {
                 b.value: {
                     c.value: t.as_json() for (bb, c), t in sorted(self.cells.items()) if bb is b
@@ -269,9 +355,7 @@ class Scoreboard:
             },
             "decoy_checkins": self.decoy_checkins,
             "goal": {
-                "conditions": [c.value for c in GOAL_CONDITIONS],
-                "precision_min": GOAL_PRECISION,
-                "recall_min": GOAL_RECALL,
+                "conditions": {c.value: goals(c) for c in sorted(self.conditions)},
                 "drive_by_checkins_max": 0,
                 "all_jumps_flagged": True,
             },
@@ -279,9 +363,14 @@ class Scoreboard:
         }
 
 
-def run_bench(seed: int, n: int, progress: Callable[[int, int], None] | None = None) -> Scoreboard:
+def run_bench(
+    seed: int,
+    n: int,
+    progress: Callable[[int, int], None] | None = None,
+    conditions: Sequence[Condition] = tuple(Condition),
+) -> Scoreboard:
     """Build, run and score every case of a run; `progress(done, total)` now and then."""
-    keys = case_keys(n)
+    keys = case_keys(n, conditions)
     board = Scoreboard(seed, n)
     for k, (b, c, i) in enumerate(keys):
         board.add(run_case(make_case(seed, b, c, i)))

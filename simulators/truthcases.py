@@ -36,15 +36,16 @@ from agent.checkin.geo import offset
 from agent.checkin.plan import Plan, Point
 from contract.fix import Fix
 from simulators.errors import (
+    ONE_HZ,
     Condition,
     ErrorModel,
     Observation,
     Sample,
-    draw_model,
     draw_outage,
     fix_at,
     observe,
 )
+from simulators.rates import draw, observe_rated, truth_at
 
 ORIGIN = (29.265, 106.255)
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -102,10 +103,27 @@ class Case:
     jumps: tuple[tuple[int, int], ...] = ()  # injected jumps, [first, last] jumped fix ms
     spoof: SpoofKind | None = None
     spoof_ms: tuple[int, int] | None = None  # first and last spoofed second
+    switch_ms: int | None = None  # RATE_SWITCH: when the receiver changed its rate
 
     @property
     def plan(self) -> Plan:
         return Plan(version=1, points=(self.point, *self.decoys))
+
+    @property
+    def hidden(self) -> bool:
+        """A real visit the sky hid: the seconds of the true stay inside the radius in
+        which the receiver reported a fix span less than the point's dwell (a cover). No
+        engine can prove such a stay; the benchmark reports these apart from recall."""
+        if not self.visited:
+            return False
+        r = self.point.radius_m
+        seen = {(f.time_ms - self.t0_ms) // 1000 for f in self.fixes if f.time_ms is not None}
+        inside = sum(
+            1
+            for s, smp in enumerate(self.truth)
+            if s in seen and math.hypot(smp.north, smp.east) <= r
+        )
+        return inside <= self.point.dwell_s  # n fixes a second apart span n - 1 seconds
 
     @property
     def drive_by(self) -> bool:
@@ -380,37 +398,53 @@ def _inject_jump(
 ) -> tuple[int, int]:
     """A receiver glitch: the position teleports 1-20 km for 3-30 s and comes back.
 
-    It happens while the receiver is tracking (a fix the second before, during and after);
+    It happens while the receiver is tracking (fixes the second before, during and after);
     a jump out of an outage is invisible to any speed check. If the track has no such
-    window (a long outage), the glitch makes the receiver report through it.
+    window (a long outage), the glitch makes the receiver report through it. Returns the
+    times of the first and the last jumped fix.
     """
     length = rng.randint(*JUMP_S)
     lo, hi = 10, max(10, len(shown) - length - 12)
-    tracked = [k for k in range(lo, hi + 1) if all(obs.fixes[k - 1 : k + length + 1])]
+    silent = [False] * len(shown)  # a second with an epoch that reported nothing
+    for off, f in zip(obs.offsets_ms, obs.fixes, strict=True):
+        silent[off // 1000] |= f is None
+    tracked = [k for k in range(lo, hi + 1) if not any(silent[k - 1 : k + length + 1])]
     k = rng.choice(tracked) if tracked else rng.randint(lo, hi)
     far = _polar(rng.uniform(*JUMP_M), rng.uniform(0, 2 * math.pi))
-    for i in range(k - 1, min(len(shown), k + length + 1)):
-        smp, (en, ee) = shown[i], obs.errors[i]
-        jumped = k <= i < k + length
-        if obs.fixes[i] is not None and not jumped:
+    jumped_ms: list[int] = []
+    for e, off in enumerate(obs.offsets_ms):
+        if not 1000 * (k - 1) <= off <= 1000 * min(len(shown) - 1, k + length):
             continue
+        jumped = 1000 * k <= off < 1000 * (k + length)
+        if obs.fixes[e] is not None and not jumped:
+            continue
+        smp, (en, ee) = truth_at(shown, off / 1000), obs.errors[e]
         base = (far[0], far[1]) if jumped else (smp.north, smp.east)
-        obs.fixes[i] = fix_at(
+        if jumped:
+            jumped_ms.append(t0_ms + off)
+        obs.fixes[e] = fix_at(
             model,
-            t0_ms + 1000 * i,
+            t0_ms + off,
             ORIGIN,
             (base[0] + en, base[1] + ee),
             model.accuracy_m,
             smp.speed_mps,
             smp.course_deg,
         )
-    return t0_ms + 1000 * k, t0_ms + 1000 * (k + length - 1)
+    return jumped_ms[0], jumped_ms[-1]
+
+
+def _switch_at(rng: random.Random, plot: _Plot) -> int:
+    """RATE_SWITCH: the second the receiver changes rate, about when the person arrives."""
+    n = len(plot.track)
+    at = plot.cover_at if plot.cover_at is not None else n // 2
+    return min(n - 10, max(10, at + rng.randint(-20, 40)))
 
 
 def make_case(seed: int, behaviour: Behaviour, condition: Condition, index: int) -> Case:
     """Case `index` of `behaviour` in `condition`, a pure function of its arguments."""
     rng = random.Random(f"picket-truth/{seed}/{behaviour}/{condition}/{index}")
-    model = draw_model(condition, rng)
+    model = draw(condition, rng)
     sigma = model.effective_sigma_m
     r = round(rng.uniform(*RADIUS_M), 1)
     dwell = float(rng.randint(*DWELL_S))
@@ -444,7 +478,11 @@ def make_case(seed: int, behaviour: Behaviour, condition: Condition, index: int)
     if outage is not None:  # the person comes out from under the cover, fixes come back
         plot.track.carry_on(outage[1] + 30)
     shown = plot.shown if plot.shown is not None else plot.track.samples
-    obs = observe(model, shown, rng, ORIGIN, t0_ms, outage)
+    switch_s = None if model.switch_hz is None else _switch_at(rng, plot)
+    if condition in ONE_HZ:
+        obs = observe(model, shown, rng, ORIGIN, t0_ms, outage)
+    else:
+        obs = observe_rated(model, shown, rng, ORIGIN, t0_ms, outage, switch_s)
     jumps: tuple[tuple[int, int], ...] = ()
     if behaviour is Behaviour.JUMP:
         jumps = (_inject_jump(rng, obs, model, t0_ms, shown),)
@@ -476,4 +514,5 @@ def make_case(seed: int, behaviour: Behaviour, condition: Condition, index: int)
         jumps,
         plot.spoof,
         spoof_ms,
+        None if switch_s is None else t0_ms + 1000 * switch_s,
     )

@@ -7,11 +7,20 @@ limit itself, one step either side: what a patrol member standing at the edge of
 
 from __future__ import annotations
 
-from agent.checkin.engine import MISSED_GRACE_S, CheckinEngine, CheckinEvent, Event, MissedEvent
+import pytest
+
+from agent.checkin.engine import (
+    HORIZON_S,
+    MISSED_GRACE_S,
+    CheckinEngine,
+    CheckinEvent,
+    Event,
+    MissedEvent,
+)
 from agent.checkin.geo import offset
 from agent.checkin.motion import QUARANTINE_S, SuspicionEvent, SuspicionKind
 from agent.checkin.plan import AgendaItem, Line, Plan, Point
-from agent.checkin.visits import EXIT_FIXES, EXIT_MARGIN_M, MAX_GAP_S
+from agent.checkin.visits import EXIT_FIXES, EXIT_MARGIN_M, MAX_GAP_S, median
 from contract.fix import Fix, FixMode
 from contract.records import Verdict
 
@@ -186,3 +195,149 @@ def test_a_short_visit_s_90th_percentile_is_its_fastest_fix() -> None:
     p = point(dwell=3.0, max_speed_mps=2.0)
     assert visit_with_dopplers(p, [0.3] * 4 + [3.0]) == []  # 5 fixes: the fastest decides
     assert len(visit_with_dopplers(p, [0.3] * 5)) == 1  # positive control
+
+
+def _b() -> Point:
+    lat, lon = offset(LAT0, LON0, 1_000.0, 0.0)
+    return Point("B", lat, lon, radius_m=25.0, dwell_s=60.0)
+
+
+def two_point_engine(agenda: list[AgendaItem]) -> CheckinEngine:
+    a, b = point(), _b()
+    return CheckinEngine(Plan(1, (a, b), (Line("L1", ("A",)), Line("L2", ("B",)))), agenda)
+
+
+def feed(engine: CheckinEngine, fixes: list[Fix]) -> list[Event]:
+    out: list[Event] = []
+    for f in fixes:
+        out += engine.feed(f)
+    return out
+
+
+def test_arriving_exactly_at_a_window_s_start_or_end_satisfies_it() -> None:
+    arrival = T0 + 3_000  # the first fix inside (after three outside)
+    for start, end in ((arrival, arrival + 600_000), (arrival - 600_000, arrival)):
+        item = AgendaItem("L1", "A", 0, start, end)
+        engine = CheckinEngine(plan_of(point()), [item])
+        tr = Track()
+        tr.stand(3, 36.0)
+        tr.stand(70, 2.0)
+        tr.stand(EXIT_FIXES, 36.0)
+        (ev,) = [e for e in feed(engine, tr.fixes) if isinstance(e, CheckinEvent)]
+        assert (ev.arrival_ms, ev.item) == (arrival, item), (start, end)
+
+
+def test_a_visit_begun_at_the_window_s_end_is_not_missed_and_other_lines_still_are() -> None:
+    end = T0 + 3_000  # the visit to A begins on its window's last millisecond
+    grace = int(MISSED_GRACE_S * 1000)
+    on_a = AgendaItem("L1", "A", 0, T0 - 600_000, end)
+    on_b = AgendaItem("L2", "B", 0, T0 - 600_000, end)  # nobody goes to B
+    engine = two_point_engine([on_a, on_b])
+    tr = Track()
+    tr.stand(3, 36.0)
+    tr.stand(200, 2.0)  # still at A well past the grace
+    got = feed(engine, tr.fixes)
+    missed = [e for e in got if isinstance(e, MissedEvent)]
+    assert [(e.point.id, e.time_ms) for e in missed] == [("B", end + grace)]  # on time
+    tr.stand(EXIT_FIXES, 36.0)
+    later = feed(engine, tr.fixes[-EXIT_FIXES:])
+    (ev,) = [e for e in later if isinstance(e, CheckinEvent)]
+    assert ev.item == on_a  # the visit that was open satisfied its window
+
+
+def test_finish_without_a_time_reports_a_window_missed_by_a_visit_too_short() -> None:
+    """A visit open at shutdown that never reached its dwell: finish() closes it (no
+    check-in) and, by the last fix's time, its window closed unmet: missed."""
+    grace = int(MISSED_GRACE_S * 1000)
+    p = point(dwell=300.0)
+    item = AgendaItem("L1", "A", 0, T0 - 600_000, T0 + 10_000)
+    engine = CheckinEngine(plan_of(p), [item])
+    tr = Track()
+    tr.stand(3, 36.0)
+    tr.stand(100, 2.0)  # 100 s at A: short of the 300 s dwell, past the window and grace
+    assert tr.fixes[-1].time_ms is not None
+    assert tr.fixes[-1].time_ms > T0 + 10_000 + grace
+    assert feed(engine, tr.fixes) == []  # open at A: not missed while it may still count
+    (missed,) = engine.finish()
+    assert isinstance(missed, MissedEvent)
+    assert (missed.point.id, missed.time_ms) == ("A", tr.fixes[-1].time_ms)
+
+
+@pytest.mark.parametrize(
+    ("xs", "mid"),
+    [
+        ([3.0], 3.0),
+        ([3.0, 1.0, 2.0], 2.0),
+        ([5.0, 1.0, 4.0, 2.0, 3.0], 3.0),
+        ([4.0, 1.0, 3.0, 2.0], 2.5),
+        ([6, 1, 5, 2, 4, 3], 3.5),
+    ],
+)
+def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two(
+    xs: list[float], mid: float
+) -> None:
+    assert median(xs) == mid
+
+
+def test_a_speed_exactly_at_the_gate_is_no_drive_by() -> None:
+    p = point(dwell=50.0, max_speed_mps=2.0)
+    assert len(visit_with_dopplers(p, [2.0] * 60)) == 1
+    assert visit_with_dopplers(p, [2.01] * 60) == []  # positive control
+
+
+def test_three_good_fixes_spanning_the_dwell_are_a_visit() -> None:
+    """The fewest good fixes a `visited` check-in rests on is three, and no fewer than the
+    poor ones beside them."""
+    for good, poor, verdict in ((3, 0, Verdict.VISITED), (2, 0, Verdict.UNCERTAIN),
+                                (4, 4, Verdict.VISITED), (4, 5, Verdict.UNCERTAIN)):  # fmt: skip
+        tr = Track()
+        tr.stand(3, 36.0)
+        for k in range(max(good, poor)):
+            if k < good:
+                tr.at(2.0)
+            if k < poor:
+                tr.at(2.0, accuracy=20.0)  # worse than 3/4 of the radius: poor
+            tr.pause(60 // max(good, poor))
+        tr.stand(EXIT_FIXES, 36.0)
+        (ev,) = checkins(point(dwell=30.0), tr.fixes)
+        assert ev.verdict is verdict, (good, poor)
+
+
+def test_poor_fixes_spanning_exactly_the_dwell_are_an_uncertain_check_in() -> None:
+    tr = Track()
+    tr.stand(3, 36.0)
+    tr.stand(61, 2.0, accuracy=20.0)  # 60 s from first to last
+    tr.stand(EXIT_FIXES, 36.0, accuracy=3.0)
+    (ev,) = checkins(point(), tr.fixes)
+    assert (ev.verdict, ev.dwell_s) == (Verdict.UNCERTAIN, 60.0)
+
+
+def test_a_gap_a_tenth_of_a_second_over_max_gap_s_makes_the_visit_uncertain() -> None:
+    tr = Track()
+    tr.stand(3, 36.0)
+    tr.stand(40, 2.0)
+    tr.t += int(MAX_GAP_S * 1000) + 100 - 1000  # the next fix 120.1 s after the last
+    tr.stand(40, 2.0)
+    tr.stand(EXIT_FIXES, 36.0)
+    (ev,) = checkins(point(), tr.fixes)
+    assert ev.verdict is Verdict.UNCERTAIN
+
+
+def test_a_fix_exactly_the_horizon_behind_is_no_suspicion_one_ms_more_is() -> None:
+    horizon = int(HORIZON_S * 1000)
+    for behind, raised in ((horizon, False), (horizon + 1, True)):
+        tr = Track()
+        tr.stand(50, 300.0)
+        tr.pause(200)  # no fix of its own at the instant the late one claims
+        tr.stand(500, 300.0)
+        newest = tr.fixes[-1].time_ms
+        assert newest is not None
+        late = Track()
+        late.t = newest - behind
+        late.stand(1, 300.0)
+        found = [
+            e
+            for e in events_of(point(), [*tr.fixes, late.fixes[0]])
+            if isinstance(e, SuspicionEvent)
+        ]
+        assert [e.kind for e in found] == ([SuspicionKind.TIME_BACKWARDS] if raised else [])

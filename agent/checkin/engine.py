@@ -10,7 +10,8 @@ points near a fix, the agenda, the history and the replays.
 Visits. Each fix goes first to the motion checks; a suspicion they raise marks every open
 visit suspect. Then the visits to the points near the fix take it, and a visit that ends
 becomes a `CheckinEvent` if its verdict says so. When fixes stop for SILENCE_S, open
-visits close.
+visits close. Fixes may come at any rate, and change it: each stands for the time since
+the fix before it, at most a second (CREDIT_MS), and every rule is stated in seconds.
 
 Agenda. Given the device's agenda (points per line with windows, agent/checkin/plan.py), a
 check-in inside a window satisfies it; a window closed MISSED_GRACE_S ago with no visit
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from agent.checkin.geo import M_PER_DEG_LAT, distance_m
 from agent.checkin.motion import Motion, SuspicionEvent, SuspicionKind, suspicion
 from agent.checkin.plan import AgendaItem, Plan, Point
-from agent.checkin.visits import Visit, exit_margin, judge, observe
+from agent.checkin.visits import CREDIT_MS, Visit, exit_margin, judge, observe
 from contract.fix import Fix
 from contract.records import Verdict
 
@@ -233,9 +234,12 @@ class CheckinEngine:
                 v.suspect = True
             events.extend(suspicions)
         events.extend(self._close_silent(st, t))  # before this fix can extend a stale visit
-        speed = self._speed(st, fix)
+        speed = fix.speed_mps if fix.speed_mps is not None else self._implied_speed(fix)
+        # the time this fix stands for: since the one before, at most CREDIT_MS
+        last_ms = st.last.time_ms if st.last is not None else None
+        weight = CREDIT_MS if last_ms is None else min(t - last_ms, CREDIT_MS)
         for p in self._candidates(st, fix):
-            events.extend(self._visit_step(st, p, fix, speed))
+            events.extend(self._visit_step(st, p, fix, speed, weight))
         st.last = fix
         if self.agenda:
             events.extend(self._missed(st, t))
@@ -255,17 +259,22 @@ class CheckinEngine:
                 found[pid] = self.plan.point(pid)
         return list(found.values())
 
-    def _speed(self, st: _State, fix: Fix) -> float:
-        if fix.speed_mps is not None:
-            return fix.speed_mps
-        last = st.last
-        if last is None or last.time_ms is None or fix.time_ms is None:
+    def _implied_speed(self, fix: Fix) -> float:
+        """For a receiver without Doppler: the speed since the newest fix at least CREDIT_MS
+        before this one (at 10 Hz, a metre of noise between two fixes a tenth of a second
+        apart would be 10 m/s). The history holds it, replays included."""
+        assert fix.time_ms is not None
+        i = bisect.bisect_right(self._times, fix.time_ms - CREDIT_MS) - 1
+        if i < 0:
             return 0.0
-        dt_s = (fix.time_ms - last.time_ms) / 1000
+        last = self._history[i]
+        dt_s = (fix.time_ms - (last.time_ms or 0)) / 1000
         return distance_m(last.lat, last.lon, fix.lat, fix.lon) / dt_s if dt_s > 0 else 0.0
 
-    def _visit_step(self, st: _State, p: Point, fix: Fix, speed: float) -> list[Event]:
-        if observe(st.open, p, fix, speed, st.motion.quarantine_until):
+    def _visit_step(
+        self, st: _State, p: Point, fix: Fix, speed: float, weight_ms: int
+    ) -> list[Event]:
+        if observe(st.open, p, fix, speed, weight_ms, st.motion.quarantine_until):
             return self._close(st, p)
         return []
 

@@ -9,7 +9,9 @@ to do with points or plans; the engine clones it with the rest of its state for 
 Implied speeds no person or vehicle reaches (a jump), and positions that keep
 contradicting the receiver's Doppler speed for MISMATCH_HOLD_S (longer than a multipath
 excursion), or drift slowly while it says still (a drag), raise a `SuspicionEvent` and a
-quarantine of QUARANTINE_S: visits during it are at most uncertain. Receiver time going
+quarantine of QUARANTINE_S: visits during it are at most uncertain. All of it is stated
+in seconds, not fixes; the drag window keeps one fix per DRAG_STEP_S, so that its medians
+stand for the same seconds (and cost the same) at 1, 5 or 10 Hz. Receiver time going
 backwards beyond the engine's re-evaluation horizon is the third kind; the engine raises
 it, as only it knows the horizon.
 """
@@ -31,7 +33,8 @@ MISMATCH_SPEED_MPS = 4.0  # positions moving this fast while Doppler says standi
 MISMATCH_HOLD_S = 6.0  # ... for this long: longer than a multipath excursion
 DRAG_WINDOW_S = 90.0  # a slow drag: positions creep while Doppler says still
 DRAG_MIN_S = 60.0
-DRAG_EDGE = 11  # fixes whose median position stands for each end of the window
+DRAG_STEP_S = 1.0  # the drag window keeps one fix a second, whatever the receiver's rate
+DRAG_EDGE = 11  # fixes (seconds) whose median position stands for each end of the window
 DRAG_SPEED_MPS = 1.0
 STILL_MPS = 0.5
 QUARANTINE_S = 30.0
@@ -148,6 +151,8 @@ class Motion:
             self.quarantine_until = max(
                 self.quarantine_until, fix.time_ms + int(QUARANTINE_S * 1000)
             )
+        if self.still and fix.time_ms - (self.still[-1].time_ms or 0) < DRAG_STEP_S * 1000:
+            return []  # a faster receiver: its fixes within the second add nothing here
         self.still.append(fix)
         while self.still and fix.time_ms - (self.still[0].time_ms or 0) > DRAG_WINDOW_S * 1000:
             self.still.popleft()

@@ -5,16 +5,26 @@ history; what a fix means for one visit, and the verdict on a closed one, are th
 described here, kept apart as pure functions of the visit and the point so that each gate
 reads in one place and is tested through the engine that drives it.
 
-A visit to a point opens on the first fix inside its radius and closes after EXIT_FIXES
+Every rule here is stated in time, not in fixes, so that one walk gives the same check-ins
+whether the receiver reports at 1, 5 or 10 Hz, or switches rate half-way. A fix stands for
+the time since the fix before it, at most CREDIT_MS (one second): at 1 Hz every fix is one
+second, at 10 Hz a tenth, and a fix after a silence is still one second, so that a rule of
+N seconds always needs at least N fixes and one stray fix can never meet it alone.
+
+A visit to a point opens on the first fix inside its radius and closes after EXIT_S of
 good fixes beyond the radius plus a hysteresis margin (noise at the edge neither splits a
-visit nor ends it early). Fixes whose accuracy is poor relative to the radius are evidence
-of neither presence nor absence: they cannot close a visit, and a visit seen only through
-them is `uncertain`. A closed visit is a check-in when its span reaches the point's dwell
-and the median distance of its fixes is inside the radius (a walker lingering at the edge
-is outside half the time); `visited` when good fixes alone show that, `uncertain`
-otherwise, or when it overlaps a suspicion or has a gap longer than MAX_GAP_S. Where a
-point sets max_speed_mps, a visit whose 90th-percentile speed exceeds it is a drive-by,
-never a check-in.
+visit nor ends it early; a multipath excursion of a few seconds is not an exit at any
+rate). Fixes whose accuracy is poor relative to the radius are evidence of neither
+presence nor absence: they cannot close a visit, and a visit seen only through them is
+`uncertain`. A closed visit is a check-in when its span reaches the point's dwell and the
+median distance of its fixes (each weighted by its time) is inside the radius (a walker
+lingering at the edge is outside half the time); `visited` when good fixes alone show
+that, for at least GOOD_MIN_S and for at least as long as poor ones, and the stay is inside
+even if the receiver is off towards the point by what it cannot see (the error budget:
+`bias_allowance`, docs/engine.md); `uncertain` when it would be inside only were the
+receiver off the other way, when only poor fixes show it, or when it overlaps a suspicion
+or has a gap longer than MAX_GAP_S. Where a point sets max_speed_mps, a visit whose
+90th-percentile speed (by time) exceeds it is a drive-by, never a check-in.
 """
 
 from __future__ import annotations
@@ -28,10 +38,18 @@ from agent.checkin.plan import Point
 from contract.fix import Fix
 from contract.records import Verdict
 
-EXIT_FIXES = 10  # a run of fixes: longer than a multipath excursion
+CREDIT_MS = 1000  # the most time one fix stands for
+EXIT_S = 12.0  # good fixes beyond the margin for this long end a visit: longer than an excursion
+EXIT_FIXES = math.ceil(EXIT_S * 1000 / CREDIT_MS)  # ... so never fewer fixes than this
 EXIT_MARGIN_M = 5.0  # or 20 % of the radius, whichever is larger
 ACCURACY_FRACTION = 0.75  # accuracy worse than 3/4 of the radius: no evidence either way
+GOOD_MIN_S = 3.0  # `visited` needs good fixes standing for at least this long
 MAX_GAP_S = 120.0  # a visit with a longer gap between its fixes is uncertain
+# The error budget: what the receiver may be wrong by without saying so, per metre of the
+# accuracy it claims (docs/engine.md). HDOP x UERE is geometry alone, blind to a facade's
+# reflection; GST is the receiver's own estimate from its residuals, which grows with it.
+BIAS_PER_HDOP_M = 0.5
+BIAS_PER_GST_M = 0.0
 
 
 @dataclass(slots=True)
@@ -43,18 +61,23 @@ class Visit:
     best: Fix | None = None
     best_d: float = math.inf
     good_d: list[float] = field(default_factory=list)
+    good_w: list[int] = field(default_factory=list)  # the time each good fix stands for, ms
     poor_d: list[float] = field(default_factory=list)
+    poor_w: list[int] = field(default_factory=list)
     speeds: list[float] = field(default_factory=list)
-    outside: int = 0
+    speed_w: list[int] = field(default_factory=list)
+    outside_ms: int = 0  # time of good fixes beyond the margin since the last fix inside
     max_gap_ms: int = 0
     suspect: bool = False
     inside: int = 0  # fixes inside the radius (good or poor)
+    good: list[Fix] = field(default_factory=list)  # the good fixes, for the error budget
 
     def clone(self) -> Visit:
         return Visit(
             self.first_ms, self.last_ms, self.good_first_ms, self.good_last_ms, self.best,
-            self.best_d, list(self.good_d), list(self.poor_d), list(self.speeds), self.outside,
-            self.max_gap_ms, self.suspect, self.inside,
+            self.best_d, list(self.good_d), list(self.good_w), list(self.poor_d),
+            list(self.poor_w), list(self.speeds), list(self.speed_w), self.outside_ms,
+            self.max_gap_ms, self.suspect, self.inside, list(self.good),
         )  # fmt: skip
 
 
@@ -77,16 +100,44 @@ def median(xs: Sequence[float]) -> float:
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
-def _p90(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, math.ceil(0.9 * len(s)) - 1)] if s else 0.0
+def weighted_median(xs: Sequence[float], ws: Sequence[int]) -> float:
+    """The median of `xs`, each counted for its weight in `ws` (integers); with equal
+    weights, exactly `median(xs)`."""
+    pairs = sorted(zip(xs, ws, strict=True))
+    total = sum(ws)
+    cum = 0
+    for k, (x, w) in enumerate(pairs):
+        cum += w
+        if 2 * cum >= total:
+            if 2 * cum == total and k + 1 < len(pairs):
+                return (x + pairs[k + 1][0]) / 2
+            return x
+    return pairs[-1][0] if pairs else math.nan
 
 
-def observe(
-    visits: dict[str, Visit], p: Point, fix: Fix, speed: float, quarantine_until: int
+def weighted_p90(xs: Sequence[float], ws: Sequence[int]) -> float:
+    """The 90th percentile of `xs` by weight: the smallest value with 90 % of the weight at
+    or below it (with equal weights, the ceil(0.9 n)-th smallest); 0 for none."""
+    total = sum(ws)
+    cum = 0
+    for x, w in sorted(zip(xs, ws, strict=True)):
+        cum += w
+        if 10 * cum >= 9 * total:
+            return x
+    return 0.0
+
+
+def observe(  # noqa: PLR0917 - one fix as the engine sees it, in its order
+    visits: dict[str, Visit],
+    p: Point,
+    fix: Fix,
+    speed: float,
+    weight_ms: int,
+    quarantine_until: int,
 ) -> bool:
-    """Take one fix into the visit to `p` in `visits` (opening it if the fix is inside);
-    True when the visit has ended and must be closed."""
+    """Take one fix, standing for `weight_ms` (at most CREDIT_MS), into the visit to `p` in
+    `visits` (opening it if the fix is inside); True when the visit has ended and must be
+    closed."""
     assert fix.time_ms is not None and fix.accuracy_m is not None
     v = visits.get(p.id)
     t = fix.time_ms
@@ -102,18 +153,21 @@ def observe(
             return False
         v = visits[p.id] = Visit(t, t, suspect=t <= quarantine_until)
     elif good and (d > p.radius_m + exit_margin(p) or not in_band):
-        v.outside += 1
-        return v.outside >= EXIT_FIXES
+        v.outside_ms += weight_ms
+        return v.outside_ms >= EXIT_S * 1000
     v.max_gap_ms = max(v.max_gap_ms, t - v.last_ms)
     v.last_ms = t
     if t <= quarantine_until:
         v.suspect = True
     v.speeds.append(speed)
+    v.speed_w.append(weight_ms)
     if inside:
-        v.outside = 0
+        v.outside_ms = 0
         v.inside += 1
     if good:
         v.good_d.append(d)
+        v.good_w.append(weight_ms)
+        v.good.append(fix)
         if v.good_first_ms is None:
             v.good_first_ms = t
         if inside:
@@ -122,28 +176,54 @@ def observe(
             v.best, v.best_d = fix, d
     else:
         v.poor_d.append(d)
+        v.poor_w.append(weight_ms)
         if v.best is None:
             v.best = fix
     return False
 
 
+def bias_allowance(good: Sequence[Fix]) -> float:
+    """The error budget's unseen part for a stay seen through `good` fixes: the median of
+    what each fix's claimed accuracy may hide (BIAS_PER_HDOP_M or BIAS_PER_GST_M of it)."""
+    return median(
+        [(f.accuracy_m or 0.0) * (BIAS_PER_GST_M if f.accuracy_from_gst else BIAS_PER_HDOP_M)
+         for f in good]
+    )  # fmt: skip
+
+
 def judge(v: Visit, p: Point) -> Judged | None:
     """The verdict on a closed visit with a best fix; None when it is no check-in."""
     dwell_ms = p.dwell_s * 1000
-    if p.max_speed_mps is not None and v.speeds and _p90(v.speeds) > p.max_speed_mps:
+    if (
+        p.max_speed_mps is not None
+        and v.speeds
+        and weighted_p90(v.speeds, v.speed_w) > p.max_speed_mps
+    ):
         return None  # passing by at a speed this point forbids
     verdict: Verdict | None = None
     arrival, departure = v.first_ms, v.last_ms
+    good_ms = sum(v.good_w)
+    if v.good_first_ms is not None and good_ms >= max(GOOD_MIN_S * 1000, sum(v.poor_w)):
+        # the error budget: inside even if the receiver is off towards the point by what it
+        # cannot see is proven; inside only were it off the other way is plausible, unproven
+        stay_m = weighted_median(v.good_d, v.good_w)
+        allowance = bias_allowance(v.good)
+        if (
+            stay_m + allowance <= p.radius_m
+            and v.good_last_ms is not None
+            and v.good_last_ms - v.good_first_ms >= dwell_ms
+        ):
+            verdict = Verdict.VISITED
+            arrival, departure = v.good_first_ms, v.good_last_ms
+        elif stay_m - allowance <= p.radius_m < stay_m + allowance and (
+            v.last_ms - v.first_ms >= dwell_ms
+        ):
+            verdict = Verdict.UNCERTAIN
     if (
-        v.good_first_ms is not None
-        and v.good_last_ms is not None
-        and v.good_last_ms - v.good_first_ms >= dwell_ms
-        and median(v.good_d) <= p.radius_m
-        and len(v.good_d) >= max(3, len(v.poor_d))
+        verdict is None
+        and v.last_ms - v.first_ms >= dwell_ms
+        and weighted_median(v.good_d + v.poor_d, v.good_w + v.poor_w) <= p.radius_m
     ):
-        verdict = Verdict.VISITED
-        arrival, departure = v.good_first_ms, v.good_last_ms
-    elif v.last_ms - v.first_ms >= dwell_ms and median(v.good_d + v.poor_d) <= p.radius_m:
         verdict = Verdict.UNCERTAIN
     if verdict is None:
         return None
