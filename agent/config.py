@@ -33,6 +33,8 @@ agent/dock/settings.py), which imports no driver, so decoding a config opens not
     not_before = 2026-01-01       # default: a GNSS date before this is week-rollover suspect
 
     [bridge]                      # optional: the radio co-processor (agent/radio/settings.py)
+    [events]                      # optional: camera, photo size, attachment quota
+                                  # (agent/events/settings.py, docs/events.md)
     [dock]                        # optional: this device is a drone dock (agent/dock/settings.py,
                                   # docs/docks.md); it needs `center_key`, and reads GNSS only
                                   # when [gnss] is given (the dock's own receiver: time)
@@ -43,7 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import stat
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -54,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from agent.dock.settings import DockSection, parse_dock_section
 from agent.errors import ConfigError
+from agent.events.settings import EventsConfig, parse_events_section
 from agent.gnss.urls import SourceError, check_source, host_problem, parse_source_url
 from agent.radio.settings import BridgeConfig, parse_bridge_section
 from contract.keyfiles import too_open
@@ -92,6 +95,7 @@ class AgentConfig:
     bridge: BridgeConfig | None = None
     dock: DockSection | None = None
     gnss_given: bool = True  # a [gnss] section is in the file (a dock reads GNSS only then)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
     def load_center_key(self) -> Ed25519PublicKey | None:
         """The key that signs commands (None: no `center_key`, commands are not accepted)."""
@@ -311,7 +315,7 @@ def load_config(path: Path) -> AgentConfig:
     where = str(path)
     base = path.parent
     allowed = {"device", "key", "outbox", "plan", "team", "center_key", "broker", "gnss"}
-    allowed |= {"bridge", "dock"}
+    allowed |= {"bridge", "dock", "events"}
     _only(doc, allowed, where)
     device = str(_get(doc, "device", str, where))
     if not DEVICE_ID.fullmatch(device):
@@ -365,4 +369,5 @@ def load_config(path: Path) -> AgentConfig:
         bridge=parse_bridge_section(doc.get("bridge"), base, where),
         dock=dock,
         gnss_given="gnss" in doc,
+        events=parse_events_section(doc.get("events"), base, where),
     )

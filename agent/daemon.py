@@ -20,6 +20,10 @@ With a `[dock]` section the device is a drone dock (agent/dock/run.py): its chec
 from the drone's telemetry instead of a GNSS receiver, its commands include flying lines,
 and its tick (every second) also reads the wind and watches the drone's heartbeat. It reads
 GNSS only when `[gnss]` is configured, and then for time alone.
+
+While it runs, the member's screen reports field events through it (`report_event`, with
+the running agent's outbox, attachment store, key, time and last fix; the photos leave at
+once) and reads the device's own events (`my_events`), docs/events.md.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import datetime as dt
 import logging
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from agent.checkin.device import DeviceAgent
 from agent.checkin.plan import Plan
@@ -41,6 +45,11 @@ from agent.config import AgentConfig
 from agent.dock.executor import DockAgent
 from agent.dock.run import TICK_S as DOCK_TICK_S
 from agent.dock.run import DockRole
+from agent.errors import AgentError
+from agent.events.attachstore import AttachmentStore
+from agent.events.mine import MyEvent, MyEvents, attachments_path
+from agent.events.report import Picked, Reported, current_place, reconcile, report_event
+from agent.events.uploader import Uploader
 from agent.gnss.sources import GnssSource, SourceStatus, parse_source_url
 from agent.gnss.timekeeper import TimeKeeper
 from agent.health import health_snapshot, store_health, store_salvage_report
@@ -58,6 +67,10 @@ HEALTH_INTERVAL_S = 300.0  # default report interval; a config change command ma
 TICK_S = 5.0
 DAY_MS = 86_400_000
 EPOCH_DAY = dt.date(1970, 1, 1)
+
+
+class NotRunning(AgentError):
+    """An operation of the running agent was asked of one not running (yet, or any more)."""
 
 
 def monotonic_ms() -> int:
@@ -84,6 +97,8 @@ class _Parts:
     keeper: TimeKeeper
     uplink: Uplink
     boot: int
+    store: AttachmentStore
+    mine: MyEvents
     executor: CommandExecutor | None = None
     dock: DockRole | None = None
     bridge: BridgeLink | None = None
@@ -98,10 +113,60 @@ class AgentRun:
     wall_ms: Callable[[], int] = wall_ms  # a dock's system clock (agent/dock/run.py)
     dock: DockRole | None = None  # set while a dock runs
     agenda_day: int | None = None  # the local day (since 1970) whose agenda is set
+    running: _Parts | None = field(default=None, init=False, repr=False)  # while `run` runs
 
     def stop(self) -> None:
         if self.stop_event is not None:
             self.stop_event.set()
+
+    # -- the member's operations on the running agent (the screen calls these) ------------
+
+    async def report_event(
+        self,
+        *,
+        category: int,
+        note: str | None = None,
+        photos: Sequence[bytes] = (),
+        picked: Picked | None = None,
+        answers: int | None = None,
+    ) -> Reported:
+        """Report an event (agent/events/report.py does it all): stamped with the time
+        keeper's time and its source, placed where the member picked or else at the last
+        fix if it is fresh (`current_place`; else unknown), its record and photos sent at
+        once. When this returns, the report is saved. ReportError, PhotoError, QuotaFull
+        and StorageError come as raised; NotRunning while the agent is not running."""
+        p = self._parts()
+        stamp = p.keeper.now(self.mono_ms())
+        done = report_event(
+            p.agent.outbox,
+            p.store,
+            p.agent.key,
+            self.config.device,
+            category=category,
+            stamp=stamp,
+            settings=self.config.events,
+            catalogue=p.mine.catalogue(),
+            note=note,
+            photos=photos,
+            place=current_place(picked, p.agent.last_fix, stamp.time_ms),
+            answers=answers,
+            mine=p.mine,
+            on_stored=p.agent.on_stored,  # the uplink, and the LoRa fallback if any
+        )
+        p.agent.created[done.stored.type] += 1
+        if p.uplink.attachments is not None:
+            p.uplink.attachments.notify()
+        return done
+
+    def my_events(self) -> list[MyEvent]:
+        """The device's own events, newest first: its reports and what it was sent to
+        handle, each with its current status (agent/events/mine.py)."""
+        return self._parts().mine.listed()
+
+    def _parts(self) -> _Parts:
+        if self.running is None:
+            raise NotRunning(f"{self.config.device}: the agent is not running")
+        return self.running
 
     async def run(self) -> DeviceAgent:
         cfg = self.config
@@ -112,8 +177,12 @@ class AgentRun:
         cfg.load_center_key()
         # the record key proves what a damaged outbox still holds (agent/store/salvage.py)
         outbox = Outbox(cfg.outbox_path, cfg.device, keys=[key.public_key()])
-        try:
-            parts = self._assemble(plan, outbox)
+        store: AttachmentStore | None = None
+        mine: MyEvents | None = None
+        try:  # attachments and the device's own events (docs/events.md), beside the outbox
+            store = AttachmentStore(attachments_path(cfg.outbox_path), cfg.events.quota_bytes)
+            mine = MyEvents(store.path, cfg.device)
+            parts = self.running = self._assemble(plan, outbox, store, mine)
             reads_gnss = parts.dock is None or cfg.gnss_given
             log.info(
                 "%s: boot %d, %d points, GNSS %s",
@@ -130,9 +199,15 @@ class AgentRun:
             await self._serve(parts, source)
             return parts.agent
         finally:
+            self.running = None
+            for db in (mine, store):
+                if db is not None:
+                    db.close()
             outbox.close()
 
-    def _assemble(self, plan: Plan, outbox: Outbox) -> _Parts:
+    def _assemble(
+        self, plan: Plan, outbox: Outbox, store: AttachmentStore, mine: MyEvents
+    ) -> _Parts:
         """The agent, its uplink and clock, and what the config adds (commands, radio, dock)."""
         cfg = self.config
         key = cfg.load_key()
@@ -147,6 +222,8 @@ class AgentRun:
             BrokerAddress(cfg.broker_host, cfg.broker_port),
             options=UplinkOptions(tls=cfg.tls),
         )
+        reconcile(outbox, store, keeper.now(self.mono_ms()).time_ms or 0, mine)
+        uplink.attachments = Uploader(store, cfg.device, chunk_bytes=cfg.events.chunk_bytes)
         agent = (
             DeviceAgent(cfg.device, key, plan, outbox, on_stored=uplink.on_stored)
             if cfg.dock is None
@@ -154,7 +231,7 @@ class AgentRun:
                 cfg.device, key, plan, outbox, on_stored=uplink.on_stored, drone=cfg.dock.drone
             )
         )
-        parts = _Parts(agent, keeper, uplink, boot)
+        parts = _Parts(agent, keeper, uplink, boot, store, mine)
         if cfg.bridge is not None:  # wraps agent.on_stored: SOS alerts, check-in beeps
             parts.bridge = BridgeLink(cfg.bridge, agent, clock=lambda: keeper.now(self.mono_ms()))
             parts.fallback = LoraFallback(parts.bridge.bridge, uplink.connected.is_set)
@@ -184,6 +261,7 @@ class AgentRun:
                 on_rotated=uplink.reload_tls,
             )
         parts.executor.keep_floor(cfg.key_path.parent / FLOOR_NAME)  # survives the outbox
+        parts.executor.events = mine  # catalogue and event status commands
         parts.executor.restore()
         uplink.on_command = parts.executor.on_command  # read when the uplink subscribes
         return parts

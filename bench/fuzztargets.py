@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -97,6 +98,8 @@ def record_seeds() -> list[bytes]:
         (r.RecordType.DROPPED, r.dropped_body(ev)),
         (r.RecordType.DOCK_STATE, {16: 5, 17: 4, 18: "took off", 19: 90, 20: "A1"}),
         (r.RecordType.MISSION, {16: "A1", 17: 12, 18: 0, 19: 3, 20: ["P1"], 21: 600, 23: 2}),
+        (r.RecordType.EVENT, {16: 101, 17: 3, 18: 0, 19: 292651234, 20: 1062551234, 21: 30,
+                              22: [[1, bytes(32), 300_000], [2, bytes(range(32)), 27]], 23: 4}),
     ]  # fmt: skip
     chain = r.ChainPosition(1, 1234, bytes(16))
     return [
@@ -162,11 +165,15 @@ def run_command(mode: str, data: bytes) -> object:
 
 def command_seeds() -> list[bytes]:
     from contract import commands as c
+    from contract import eventcommands as ec
 
     bodies: list[c.Body] = [
         c.TaskBundle(3, dt.date(2026, 3, 1), ("L01", "L02")), c.RollCall(bytes(16)),
         c.Reminder("meet at gate 2"), c.ConfigChange({"report_interval_s": 60, "team": "T01"}),
         c.RotateKeys(_cert()), c.FlyLine("A1", c.Priority.FIRE), c.AbortMission(),
+        ec.Catalogue(4, (ec.Category(101, "装修垃圾", "Rubbish", "环境", "T01"),)),
+        ec.EventStatus(17, ec.EventStatusCode.MERGED, DEVICE, 12, 101, "same pile", "T01",
+                       NOW_MS + 1, NOW_MS, "op-li", 292651234, 1062551234, merged_into=16),
     ]  # fmt: skip
     return [
         c.command_payload(target=DEVICE, number=7 + i, issued_ms=NOW_MS, expires_ms=NOW_MS + 1,
@@ -401,6 +408,33 @@ def targets() -> dict[str, Callable[[], Target]]:
         return Target("fwbundle", [raw], lambda m, d: open_bundle(_sign(m, d), PUB),
                       (BundleError,), [payload_of(raw)])  # fmt: skip
 
+    def attachments() -> Target:
+        from contract.attachments import (
+            AttachmentState,
+            Chunk,
+            Question,
+            Status,
+            chunks,
+            decode_status,
+            decode_upload,
+        )
+
+        data = bytes(range(256)) * 40
+        digest = hashlib.sha256(data).digest()
+        raw = [c.encode() for c in chunks(data, 0, 4096, digest)][:2]
+        raw += [
+            Question(digest, 0, len(data)).encode(),
+            Status(digest, 4096, AttachmentState.PARTIAL, None).encode(),
+            Status(digest, 0, AttachmentState.REFUSED, "digest does not match").encode(),
+        ]
+
+        def run(mode: str, payload: bytes) -> object:
+            return decode_status(payload) if len(payload) < 200 else decode_upload(payload)
+
+        assert all(isinstance(decode_upload(r), Chunk | Question) for r in raw[:3])
+        return Target("attachments", raw, run, (RemoteError,))
+
     return {"records": records, "batch": batch, "ack": ack, "commands": commands,
             "frame": frames, "plan": plan, "nmea": nmea, "enroll-request": enroll_request,
-            "enroll-bundle": enroll_bundle, "fwbundle": fwbundle}  # fmt: skip
+            "enroll-bundle": enroll_bundle, "fwbundle": fwbundle,
+            "attachments": attachments}  # fmt: skip

@@ -20,6 +20,13 @@ has not tested yet (or whose function changed); `--fresh` starts again from noth
 `--rerun-survivors` tests again every mutant that survived or had no test, which is how a new
 test's kills are counted.
 
+mutmut runs pytest several times in one process (stats, then the clean run of the selected
+tests by node id). pytest keeps the ids it made for a `parametrize` given `ids=` and escapes
+them again when it collects the module a second time, so a test id holding a backslash or a
+non-ASCII character (`ids=str` over bytes) is "not found" the second time and mutmut stops
+with BadTestExecutionCommandsException, although the test passes in a process of its own.
+Give such parameters plain ASCII ids (tests/test_frame_edges.py uses `ids=bytes.hex`).
+
 The table has one row per mutated module: mutants, killed, survived, timed out, no tests (no
 selected test reaches the function), other (suspicious, segfault), unchecked (a run stopped
 before it came to them), and "equivalent": survivors listed in
@@ -154,7 +161,15 @@ def total(rows: list[Row]) -> Row:
 
 def report(rows: list[Row], seconds: float | None) -> None:
     width = max(len(r.module) for r in rows)
-    head = ("mutants", "killed", "survived", "timed out", "no tests", "other", "unchecked")
+    head: tuple[str, ...] = (
+        "mutants",
+        "killed",
+        "survived",
+        "timed out",
+        "no tests",
+        "other",
+        "unchecked",
+    )
     head = (*head, "equiv.", "score")
     print(f"{'module':<{width}}  " + "  ".join(f"{h:>9}" for h in head))
     for r in [*rows, total(rows)]:

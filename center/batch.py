@@ -12,9 +12,9 @@ become. The writes that follow are center/tables.py's, the same for both.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from center.chain import ChainState, Fork, ForkKind, Link, Placement, Verdict, place
 from center.duplicates import AckedBatch
@@ -76,6 +76,12 @@ class Saved:
         return [v is Verdict.NEW for v in self.verdicts]
 
 
+# What else a batch's new records make, written in the batch's transaction: called with the
+# store's `tables.Sql` (Any here: center/tables.py is above this module), each device's new
+# records and the time (the ingest passes center/events/newrecords.py's: events).
+NewRecords = Callable[[Any, Sequence[Record], int], None]
+
+
 class Store(Protocol):
     def save(
         self,
@@ -84,9 +90,12 @@ class Store(Protocol):
         now_ms: int,
         keys: Sequence[tuple[str, bytes]] = (),
         acked: AckedBatch | None = None,
+        *,
+        on_new: NewRecords | None = None,
     ) -> Saved:
         """`acked`: the batch being acknowledged, noted in the same transaction
-        (center/duplicates.py: a batch acknowledged twice)."""
+        (center/duplicates.py: a batch acknowledged twice); `on_new`: called with each
+        device's new records, in the same transaction."""
 
     def note_presence(
         self, device: str, presence: Presence, now_ms: int, *, retained: bool = False

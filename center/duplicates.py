@@ -39,6 +39,8 @@ with an identity of its own taken from what the agent can and cannot produce
   detail text is left out, as it names figures of the fix before, which a replay may not
   have.
 - **health, alert, dock state** (types 4, 6, 9): the same body at the same time (key 6).
+- **event** (type 11): the same category, place (its source and position) and attachment
+  digests within the same minute of key 6 (contract/events.py): a report sent twice.
 
 A record whose time source is NONE (the device did not know the time: an alert raised
 before the first fix carries time 0) has no time to compare, so the kinds that need one
@@ -72,6 +74,7 @@ from dataclasses import dataclass, field
 
 import cbor2
 
+from contract.events import EventKey
 from contract.fix import TimeSource
 from contract.records import (
     CheckinKey,
@@ -105,6 +108,7 @@ class Kind(enum.StrEnum):
     DROPPED = "dropped"
     DOCK_STATE = "dock_state"
     MISSION = "mission"
+    EVENT = "event"
     BATCH = "batch"
 
 
@@ -120,6 +124,7 @@ KIND_NAMES: Mapping[Kind, str] = {
     Kind.DROPPED: "dropped",
     Kind.DOCK_STATE: "dock state",
     Kind.MISSION: "mission",
+    Kind.EVENT: "event",
     Kind.BATCH: "batch acknowledged twice",
 }
 
@@ -328,6 +333,11 @@ def _identity(
     if rtype is RecordType.SUSPICION:
         fix = (SuspicionKey.KIND, SuspicionKey.LAT_E7, SuspicionKey.LON_E7)
         return (time_ms, *(_hashable(g(k)) for k in fix))
+    if rtype is RecordType.EVENT:
+        where = (EventKey.CATEGORY, EventKey.PLACE, EventKey.LAT_E7, EventKey.LON_E7)
+        attached = g(EventKey.ATTACHMENTS)
+        digests = sorted(repr(a[1]) for a in attached) if isinstance(attached, list) else []
+        return (time_ms // 60_000, *(_hashable(g(k)) for k in where), tuple(digests))
     return time_ms
 
 

@@ -39,7 +39,8 @@ chain state reports the fork (`picket center status`).
 
 Each batch the center answers is noted with a digest of its records, in the batch's own
 transaction (one row per batch id), so that an id acknowledged again for other records can
-be counted (center/duplicates.py).
+be counted (center/duplicates.py). A new event record makes its event in the same
+transaction too (center/events/newrecords.py).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from center.batch import RefusedItem, Store
 from center.chain import Verdict
 from center.duplicates import AckedBatch
+from center.events.newrecords import store_events
 from contract.bounds import MAX_RECORD
 from contract.cose import decode_sign1, sig_structure
 from contract.errors import RecordError, RemoteError
@@ -145,7 +147,7 @@ class Ingest:
             if topic == relayed_topic(device)
             else AckedBatch.of(device, batch.id, batch.records)
         )
-        saved = self.store.save(good, refused, now_ms, new_keys, acked)
+        saved = self.store.save(good, refused, now_ms, new_keys, acked, on_new=store_events)
         self._keys_saved.update(new_keys)
         self.stats.batches += 1
         verdicts = Counter(saved.verdicts)

@@ -8,8 +8,13 @@ send that batch, and a forged packet must not make it drop a record it holds); i
 answers the same record, sent again by the device over IP, as a duplicate
 (docs/protocol.md: de-duplication on (device, seq)), and the device deletes it then.
 
-**Packets** (firmware_bridge/lora.py): one signed record per packet, either bare (first
-byte 0xD2, the COSE_Sign1 tag) or after the kind byte 0x01. Anything else is malformed.
+**Packets** (firmware_bridge/lora.py, docs/bridge.md "LoRa packets"): one signed record per
+packet, either bare (first byte 0xD2, the COSE_Sign1 tag) or after the kind byte 0x01; or a
+fragment (kind 0x02) of a record longer than one packet. The bridge reassembles fragments
+(one bounded `Reassembly` per gateway, on the gateway's clock) and relays the whole record
+as if it had come in one packet; a message whose pieces do not all arrive in time is
+dropped and counted (`incomplete`): the record still reaches the center by IP. Anything
+else is malformed.
 
 **Trust.** Anyone with a radio can transmit, so nothing in a packet is believed: the device
 id is read from the record's header only to choose the topic (and must be a valid id, so a
@@ -46,7 +51,8 @@ import logging
 import random
 import ssl
 import struct
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +64,7 @@ from contract.errors import RecordError
 from contract.protocol import DEVICE_ID, PREFIX, Batch, relayed_topic
 from contract.records import Key
 from firmware_bridge import messages
-from firmware_bridge.lora import KIND_RECORD, split_packet
+from firmware_bridge.lora import KIND_FRAGMENT, KIND_RECORD, Reassembly, split_packet
 from provisioning.fleet import GATEWAY_CN, Fleet, service_tls
 
 log = logging.getLogger(__name__)
@@ -91,13 +97,18 @@ def gateway_tls(folder: Path) -> ssl.SSLContext:
 def route(packet: bytes) -> tuple[str, bytes]:
     """(device, record) of a heard packet: the device the record claims, unverified, only
     to choose its topic. Raises PacketError when the packet is not a record whose header
-    names a valid device id."""
+    names a valid device id (a fragment is not: `LoraGateway.heard` reassembles those)."""
     try:
         kind, record = split_packet(packet)
     except ValueError as exc:
         raise PacketError(str(exc)) from exc
-    if kind != KIND_RECORD:  # pragma: no cover - the only kind split_packet returns today
-        raise PacketError(f"packet kind {kind} is not a record")
+    if kind != KIND_RECORD:
+        raise PacketError(f"packet kind {kind} is not a whole record")
+    return route_record(record)
+
+
+def route_record(record: bytes) -> tuple[str, bytes]:
+    """`route` for a record without its packet's kind byte (a reassembled one)."""
     try:
         payload = strict_loads(decode_sign1(record).payload)
     except RecordError as exc:
@@ -128,10 +139,14 @@ class GatewayStats:
     dropped: int = 0  # queued, then pushed out by newer packets while the broker was away
     connects: int = 0
     link_losses: int = 0
+    fragments: int = 0  # fragment packets among those heard (not in as_dict: see below)
+    reassembled: int = 0  # records whose fragments all arrived
     by_device: collections.Counter[str] = field(default_factory=collections.Counter)
     last_error: str = ""
 
     def as_dict(self) -> dict[str, int]:
+        """The relay's counters (fragments: `fragments`, `reassembled`, and the gateway's
+        `reassembly` counts what it dropped and refused)."""
         return {
             "heard": self.heard,
             "forwarded": self.forwarded,
@@ -157,6 +172,8 @@ class LoraGateway:
         timeout_s: float = 10.0,
         backoff_max_s: float = 10.0,
         rng: random.Random | None = None,
+        reassembly: Reassembly | None = None,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.client_id = f"{GATEWAY_CN}:{name}"  # ':' is in no device id: never a device's
@@ -170,28 +187,57 @@ class LoraGateway:
         self._timeout_s = timeout_s
         self._backoff_max_s = backoff_max_s
         self._rng = rng or random.Random()
+        self.reassembly = reassembly or Reassembly()
+        self._clock_ms = clock_ms or _monotonic_ms
 
     @property
     def pending(self) -> int:
         """Packets heard and not yet forwarded."""
         return len(self._queue)
 
+    @property
+    def incomplete(self) -> int:
+        """Fragmented messages given up before their last piece came (lost, or too late):
+        those older than the reassembly's max age now are counted too."""
+        self.reassembly.expire(self._clock_ms())
+        return self.reassembly.dropped
+
     def heard(self, packet: bytes) -> bool:
-        """A packet the gateway radio received; False when it is not forwarded (malformed).
-        Call it from the event loop `run` is on (it wakes the publisher)."""
+        """A packet the gateway radio received; False when it is malformed (a record, or a
+        fragment, that cannot be true). A fragment is held until its message is whole, then
+        the record is forwarded. Call it from the event loop `run` is on (it wakes the
+        publisher)."""
         self.stats.heard += 1
+        self.reassembly.expire(self._clock_ms())
         try:
-            device, record = route(packet)
+            got = self._take(packet)
         except PacketError as exc:
             self.stats.malformed += 1
             level = logging.WARNING if self.stats.malformed == 1 else logging.DEBUG
             log.log(level, "gateway: dropped a packet of %d bytes: %s", len(packet), exc)
             return False
+        if got is None:
+            return True  # a piece of a message still incomplete
+        device, record = got
         if len(self._queue) == self._queue.maxlen:
             self.stats.dropped += 1
         self._queue.append((device, record))
         self._wake.set()
         return True
+
+    def _take(self, packet: bytes) -> tuple[str, bytes] | None:
+        """(device, record) to forward, None for a fragment that completes nothing yet."""
+        try:
+            if packet[:1] != bytes((KIND_FRAGMENT,)):
+                return route_record(split_packet(packet)[1])
+            self.stats.fragments += 1  # the reassembly checks it, and counts what it refuses
+            record = self.reassembly.add(packet, self._clock_ms())
+        except ValueError as exc:
+            raise PacketError(str(exc)) from exc
+        if record is None:
+            return None
+        self.stats.reassembled += 1
+        return route_record(record)
 
     def heard_rx_event(self, event_payload: bytes) -> bool:
         """`heard` for a RADIO_RX event payload from the gateway's MCU."""
@@ -272,6 +318,10 @@ class LoraGateway:
                 self.stats.by_device[device] += 1
             if not self._stop.is_set():
                 await self._wake.wait()
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 async def _until_dropped(client: aiomqtt.Client) -> None:

@@ -21,10 +21,11 @@ from typing import Any
 import psycopg
 
 from center import tables
-from center.batch import DeviceWrite, RefusedItem, Saved, by_device
+from center.batch import DeviceWrite, NewRecords, RefusedItem, Saved, by_device
 from center.chain import ChainState, Fork, Verdict
 from center.duplicates import AckedBatch
 from center.errors import CenterDbError, StoreError
+from center.events import schema as events_schema
 from center.snapshot import (
     BATCH_ROWS,
     RECORD_ROWS,
@@ -186,6 +187,7 @@ class PgStore:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(SCHEMA)
                 tables.upgrade_refused(_Pg(conn))
+                events_schema.create(_Pg(conn))
                 tables.complete_chains(_Pg(conn))
         except psycopg.Error as exc:
             self.close()
@@ -228,6 +230,8 @@ class PgStore:
         now_ms: int,
         keys: Sequence[tuple[str, bytes]] = (),
         acked: AckedBatch | None = None,
+        *,
+        on_new: NewRecords | None = None,
     ) -> Saved:
         """As `CenterStore.save`: one transaction, committed before this returns.
 
@@ -259,6 +263,8 @@ class PgStore:
                 tables.write_keys(sql, keys, now_ms)
                 for device, old, plan in plans:
                     tables.write_device(sql, device, old.gaps, plan, now_ms)
+                    if on_new is not None and plan.new:
+                        on_new(sql, [rec for rec, _link in plan.new], now_ms)
                 tables.write_refused(sql, refused, now_ms)
                 tables.write_batch(sql, acked, now_ms)
         except psycopg.Error as exc:

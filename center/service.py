@@ -10,7 +10,9 @@ Several workers share the load through an MQTT 5 shared subscription
 the group, so running N `picket center run` processes on one database (SQLite: one
 machine; PostgreSQL: any) spreads the verification, which is where the CPU goes. Every
 worker also subscribes, unshared, to the devices' retained `online`/`offline` state, and
-keeps the newest in the store for `picket center status`.
+keeps the newest in the store for `picket center status`. Attachments' chunks come the same
+way (`$share/{group}/picket/v1/+/up/att`) and are answered on the device's `down/att` after
+their transaction committed (center/events/receiver.py).
 
 The acknowledgement is published only after the store's COMMIT returned. A worker killed
 between the two leaves stored records unacknowledged: the device resends them and the
@@ -20,6 +22,13 @@ supervisor reconnects after a backoff.
 
 Database calls run on one thread of their own, one at a time, so the event loop never
 waits on a COMMIT's fsync, nor on another worker holding SQLite's write lock.
+
+Attachments' chunks are group-committed: a message is read with those already queued behind
+it (at most GROUP_MESSAGES or GROUP_BYTES), and the chunks among them are judged in one
+transaction, one fsync for the group (`AttachmentReceiver.handle_many`). Their answers are
+published once that COMMIT returned, as tasks (at most ANSWERS_IN_FLIGHT waiting for their
+PUBACK), so the next group is read meanwhile; a failed answer drops the connection. Records
+and states in a group are handled one by one, in order, as before.
 
 A message can be as large as the broker lets a client publish (Mosquitto: 256 MiB). The
 center tells the broker, in its CONNECT (MQTT 5 Maximum Packet Size), to send it nothing
@@ -49,11 +58,20 @@ from paho.mqtt.properties import Properties
 from center.batch import Store
 from center.database import open_store
 from center.errors import StoreError
+from center.events.receiver import AttachmentReceiver
 from center.ingest import Ingest, Trust
 from center.snapshot import Presence
 from contract.bounds import MAX_BATCH_BYTES
 from contract.errors import RemoteError
-from contract.protocol import ALL_RECORDS, ALL_RELAYED, PREFIX, ack_topic, device_of_topic
+from contract.protocol import (
+    ALL_ATTACHMENTS,
+    ALL_RECORDS,
+    ALL_RELAYED,
+    PREFIX,
+    ack_topic,
+    attachment_state_topic,
+    device_of_topic,
+)
 from provisioning.registry import KeyEntry, Registry
 
 log = logging.getLogger(__name__)
@@ -64,6 +82,10 @@ DEFAULT_GROUP = "picket-center"
 MAX_PACKET = MAX_BATCH_BYTES + 65_536
 SESSION_END_S = 0.5  # a cancelled session that has not ended by then is cancelled again
 ALL_STATES = f"{PREFIX}/+/up/state"
+# A group: a message and those queued behind it, the chunks among them in one transaction.
+GROUP_MESSAGES = 64
+GROUP_BYTES = 4 * 2**20
+ANSWERS_IN_FLIGHT = 64  # attachments' answers published, their PUBACKs not yet back
 
 T = TypeVar("T")
 
@@ -148,6 +170,58 @@ def parse_presence(payload: bytes) -> Presence | None:
         return None
 
 
+def _raw(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    return bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+
+
+def _size(message: aiomqtt.Message) -> int:
+    payload = message.payload
+    return len(payload) if isinstance(payload, bytes | bytearray) else 0
+
+
+class _Answers:
+    """The attachments' answers being published at QoS 1 on one connection: each a task, so
+    the session reads on while the PUBACKs come back; at most ANSWERS_IN_FLIGHT at once
+    (`publish` waits for one to end past that). A failed publish is logged at once and
+    raised by `raise_failure` (the session calls it before each group, so the connection
+    is dropped and the device asks again); `cancel` ends those still waiting when the
+    session ends. Every task's outcome is retrieved, none left unobserved."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        while len(self.tasks) >= ANSWERS_IN_FLIGHT:
+            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+        self.raise_failure()
+        task = asyncio.create_task(self._publish(topic, payload), name="center-answer")
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        await self.client.publish(topic, payload, qos=1)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.failure is None:
+            self.failure = exc
+            log.warning("an attachment answer was not delivered: %s", exc)
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def cancel(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+
 class CenterService:
     def __init__(
         self,
@@ -163,11 +237,13 @@ class CenterService:
     ) -> None:
         self.records_filter = shared(group, ALL_RECORDS)
         self.relayed_filter = shared(group, ALL_RELAYED)
+        self.attachments_filter = shared(group, ALL_ATTACHMENTS)
         self.store = store if store is not None else open_store(db)
         self._cache: KeyCache | None = None
         if key_of is None:
             key_of = self._cache = KeyCache(registry)
         self.ingest = Ingest(self.store, key_of)
+        self.receiver = AttachmentReceiver(db)  # attachments' chunks (center/events/)
         self.host, self.port = host, port
         self.tls = tls
         self.ready = asyncio.Event()
@@ -238,6 +314,7 @@ class CenterService:
 
     def _close_db(self) -> None:
         self.store.close()
+        self.receiver.close()
         if self._cache is not None:
             self._cache.close()
 
@@ -256,19 +333,47 @@ class CenterService:
         ) as client:
             await client.subscribe(self.records_filter, qos=1)
             await client.subscribe(self.relayed_filter, qos=1)
+            await client.subscribe(self.attachments_filter, qos=1)
             await client.subscribe(ALL_STATES, qos=1)
             self.ready.set()
             log.info("center subscribed to %s on %s:%d", self.records_filter, self.host, self.port)
-            me = asyncio.current_task()
-            async for message in client.messages:
+            client.pending_calls_threshold = ANSWERS_IN_FLIGHT + 8  # aiomqtt warns past it
+            answers = _Answers(client)
+            try:
+                await self._read(client, answers)
+            finally:
+                answers.cancel()
+
+    async def _read(self, client: aiomqtt.Client, answers: _Answers) -> None:
+        """Read messages until the connection fails. Each message is taken with those
+        already queued behind it (up to GROUP_MESSAGES or GROUP_BYTES): the attachments'
+        chunks among them, run by run, are judged in ONE transaction (`handle_many`), and
+        their answers published once it committed, without waiting for each PUBACK;
+        records and states are handled one by one, in order, as they come."""
+        me = asyncio.current_task()
+        messages = client.messages
+        async for first in messages:
+            group = [first]
+            size = _size(first)
+            while len(messages) and len(group) < GROUP_MESSAGES and size < GROUP_BYTES:
+                group.append(await anext(messages))
+                size += _size(group[-1])
+            if me is not None and me.cancelling():
+                # a cancellation an awaited `wait_for` swallowed (3.11: it meets the
+                # PUBACK it waited for); store nothing more
+                raise asyncio.CancelledError
+            answers.raise_failure()
+            now_ms = int(time.time() * 1000)
+            chunks: list[tuple[str, bytes]] = []
+            for message in group:
                 if me is not None and me.cancelling():
-                    # a cancellation an awaited `wait_for` swallowed (3.11: it meets the
-                    # PUBACK it waited for); store nothing more
-                    raise asyncio.CancelledError
-                payload = message.payload
-                topic = message.topic.value
-                raw = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-                now_ms = int(time.time() * 1000)
+                    raise asyncio.CancelledError  # as above, swallowed by an ack's publish
+                topic, raw = message.topic.value, _raw(message)
+                if message.topic.matches(ALL_ATTACHMENTS):
+                    chunks.append((topic, raw))
+                    continue
+                await self._answer_chunks(chunks, now_ms, answers)
+                chunks = []
                 if message.topic.matches(ALL_STATES):
                     await self._note_state(topic, raw, now_ms, retained=message.retain)
                     continue
@@ -277,6 +382,19 @@ class CenterService:
                     continue  # relayed (LoRa): stored, but the device did not send this batch
                 if ack is not None:  # after the COMMIT: the records are on disk
                     await client.publish(ack_topic(device_of_topic(topic)), ack.encode(), qos=1)
+            await self._answer_chunks(chunks, now_ms, answers)
+
+    async def _answer_chunks(
+        self, chunks: list[tuple[str, bytes]], now_ms: int, answers: _Answers
+    ) -> None:
+        """Judge a run of attachment messages in one transaction, then publish the answers
+        (after the COMMIT: every chunk answered is on disk)."""
+        if not chunks:
+            return
+        for answer in await self._in_db(self.receiver.handle_many, chunks, now_ms):
+            if answer is not None:
+                device, status = answer
+                await answers.publish(attachment_state_topic(device), status.encode())
 
     async def _note_state(self, topic: str, payload: bytes, now_ms: int, *, retained: bool) -> None:
         presence = parse_presence(payload)

@@ -28,13 +28,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from center import tables
-from center.batch import DeviceWrite, RefusedItem, Saved, by_device
+from center.batch import DeviceWrite, NewRecords, RefusedItem, Saved, by_device
 from center.chain import ChainState, Fork, Verdict
 from center.duplicates import AckedBatch
 from center.errors import CenterDbError, StoreError
+from center.events import schema as events_schema
 from center.snapshot import (
     BATCH_ROWS,
     RECORD_ROWS,
@@ -44,7 +44,7 @@ from center.snapshot import (
     duplicates_of,
     snapshot_of,
 )
-from center.tables import Dialect
+from center.tables import SqliteSql
 from contract.records import Record
 
 BUSY_TIMEOUT_S = 30.0  # another center process holding the write lock: wait, don't fail
@@ -137,24 +137,6 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-class _Sqlite:
-    """`tables.Sql` over a sqlite3 connection."""
-
-    dialect = Dialect.SQLITE
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        return self.db.execute(sql, params).fetchall()
-
-    def run(self, sql: str, params: Sequence[object] = ()) -> None:
-        self.db.execute(sql, params)
-
-    def run_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        self.db.executemany(sql, rows)
-
-
 class CenterStore:
     """SQLite in WAL mode with synchronous=FULL: a COMMIT is on disk before the ack goes."""
 
@@ -170,7 +152,7 @@ class CenterStore:
                     isolation_level=None,
                     check_same_thread=False,
                 )
-                self._sql = _Sqlite(self._db)
+                self._sql = SqliteSql(self._db)
                 names = {
                     r[0]
                     for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
@@ -189,7 +171,7 @@ class CenterStore:
             self._db = sqlite3.connect(
                 path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
             )
-            self._sql = _Sqlite(self._db)
+            self._sql = SqliteSql(self._db)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
@@ -207,17 +189,22 @@ class CenterStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             tables.upgrade_refused(self._sql)
+            events_schema.create(self._sql)
             tables.complete_chains(self._sql)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _save_device(self, device: str, records: Sequence[Record], now_ms: int) -> DeviceWrite:
+    def _save_device(
+        self, device: str, records: Sequence[Record], now_ms: int, on_new: NewRecords | None
+    ) -> DeviceWrite:
         row = self._sql.rows(tables.CHAIN_ROW, (device,))
         state = tables.chain_of(self._sql, device, row[0]) if row else ChainState()
         plan = tables.plan_writes(self._sql, device, state, records)
         tables.write_device(self._sql, device, state.gaps, plan, now_ms)
+        if on_new is not None and plan.new:
+            on_new(self._sql, [rec for rec, _link in plan.new], now_ms)
         return plan
 
     def save(
@@ -227,12 +214,15 @@ class CenterStore:
         now_ms: int,
         keys: Sequence[tuple[str, bytes]] = (),
         acked: AckedBatch | None = None,
+        *,
+        on_new: NewRecords | None = None,
     ) -> Saved:
         """Store in one transaction; say what became of each record.
 
         `keys` are (device, raw Ed25519 public key) pairs that verified `records`; a pair
         already known keeps its first-seen time. `acked`: the batch that is answered, one
-        row in `batches` (center/duplicates.py).
+        row in `batches` (center/duplicates.py). `on_new`: each device's new records, to
+        write what they make (events) in the same transaction.
         """
         db = self._db
         try:
@@ -243,7 +233,7 @@ class CenterStore:
                 forks: list[Fork] = []
                 refused = list(refused)
                 for device, where in by_device(records).items():
-                    plan = self._save_device(device, [records[i] for i in where], now_ms)
+                    plan = self._save_device(device, [records[i] for i in where], now_ms, on_new)
                     for i, verdict in zip(where, plan.placement.verdicts, strict=True):
                         verdicts[i] = verdict
                     forks.extend(plan.placement.forks)

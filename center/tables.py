@@ -16,6 +16,7 @@ records and no `chains` row its chain, then marks the database complete in `meta
 from __future__ import annotations
 
 import enum
+import sqlite3
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -52,6 +53,24 @@ class Sql(Protocol):
 
     def run_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         """Nothing at all when `rows` is empty."""
+
+
+class SqliteSql:
+    """`Sql` over a sqlite3 connection (the center's store and its events tables)."""
+
+    dialect = Dialect.SQLITE
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self.db.execute(sql, params).fetchall()
+
+    def run(self, sql: str, params: Sequence[object] = ()) -> None:
+        self.db.execute(sql, params)
+
+    def run_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        self.db.executemany(sql, rows)
 
 
 # The newest time a device was heard from survives an older batch: SQLite's max() of two

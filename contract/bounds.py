@@ -29,7 +29,10 @@ The bounds, and why (docs/records.md, "Bounds"):
 - Codes (types, outcomes, verdicts, kinds, states): 0 .. 255; enums narrow them further.
 - Text: at most a number of UTF-8 bytes (CBOR's own `tstr .size`): ids 128, free text 512.
 - Whole messages: bounded before they are decoded (`MAX_RECORD`, `MAX_BATCH_BYTES`,
-  `MAX_ACK_BYTES`, `MAX_COMMAND`).
+  `MAX_ACK_BYTES`, `MAX_COMMAND`, `MAX_CHUNK_MESSAGE`).
+- Events (docs/events.md): a category code 1 .. 65,535; at most 5 attachments to an event,
+  each at most 4 MiB (a photo re-encoded on the device is a few hundred kB), a note at most
+  500 characters; attachments travel in chunks of at most 64 KiB.
 
 An error message that quotes what it refused quotes it through `shown`: a decoded value can
 be an integer too long for `str()` (Python refuses past 4,300 digits with a ValueError of
@@ -45,8 +48,12 @@ from dataclasses import dataclass
 from contract.errors import RecordError
 
 __all__ = [
+    "ATTACHMENT",
+    "ATTACHMENTS",
     "BOOT",
     "BYTES_COUNT",
+    "CATEGORY",
+    "CATEGORY_MAX",
     "CODE",
     "COUNT32",
     "DEVICE_ID",
@@ -54,12 +61,19 @@ __all__ = [
     "FREE_TEXT",
     "ID_TEXT",
     "INT32",
+    "LAT_E7",
+    "LON_E7",
     "MAX_ACK_BYTES",
+    "MAX_ATTACHMENTS",
+    "MAX_ATTACHMENT_BYTES",
     "MAX_BATCH",
     "MAX_BATCH_BYTES",
+    "MAX_CHUNK",
+    "MAX_CHUNK_MESSAGE",
     "MAX_COMMAND",
     "MAX_FREE_TEXT",
     "MAX_ID_TEXT",
+    "MAX_NOTE_CHARS",
     "MAX_RECORD",
     "PERCENT",
     "SEQ",
@@ -95,6 +109,15 @@ MAX_BATCH_BYTES = MAX_BATCH * (MAX_RECORD + 3) + 16
 MAX_ACK_BYTES = 16_384  # an ack names at most MAX_BATCH sequence numbers: about 5 KiB
 MAX_COMMAND = 65_536  # bytes of a signed command (a task bundle of 256 line ids fits)
 
+# Events and their attachments (docs/events.md).
+CATEGORY_MAX = 65_535  # a category code of the catalogue: 1 .. 65,535
+MAX_ATTACHMENTS = 5  # attachments one event lists
+MAX_ATTACHMENT_BYTES = 4 * 1024 * 1024  # one attachment (a re-encoded photo: a few hundred kB)
+MAX_NOTE_CHARS = 500  # a member's note (an attachment of kind 2, UTF-8 text)
+MAX_CHUNK = 64 * 1024  # data bytes in one chunk of an attachment
+# One chunk message: MAX_CHUNK of data, a 32-byte digest, three integers and the map's heads.
+MAX_CHUNK_MESSAGE = MAX_CHUNK + 128
+
 
 class Shape(enum.Enum):
     """The CBOR shape of a value."""
@@ -105,6 +128,7 @@ class Shape(enum.Enum):
     BYTES = "a byte string"
     BYTES_OR_UINT = "a byte string or an unsigned integer"
     ARRAY = "an array"
+    TUPLE = "an array of fixed length"  # `items`: one kind per position
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +143,7 @@ class Kind:
     high: int
     item: Kind | None = None
     note: str = ""  # instead of the generated description, when a name says more
+    items: tuple[Kind, ...] = ()  # TUPLE: the kind of each position, in order
 
     @property
     def what(self) -> str:
@@ -141,6 +166,8 @@ class Kind:
         if s is Shape.BYTES_OR_UINT:
             assert self.item is not None
             return f"a byte string of up to {self.high} bytes or {self.item.what}"
+        if s is Shape.TUPLE:
+            return f"[{', '.join(k.what for k in self.items)}]"
         assert self.item is not None
         return f"an array of {self.low}..{self.high} items, each {self.item.what}"
 
@@ -167,6 +194,10 @@ def array(item: Kind, high: int, low: int = 0) -> Kind:  # pragma: no mutate blo
     return Kind(Shape.ARRAY, low, high, item)
 
 
+def tuple_of(*items: Kind, note: str = "") -> Kind:  # pragma: no mutate block
+    return Kind(Shape.TUPLE, len(items), len(items), note=note, items=items)
+
+
 SEQ = uint(SEQ_MAX)
 BOOT = uint(UINT32_MAX)
 COUNT32 = uint(UINT32_MAX)
@@ -177,6 +208,18 @@ INT32 = sint(-(2**31), 2**31 - 1)
 TIME = uint(TIME_MS_MAX, f"a time in ms up to {TIME_MS_MAX} (2200-01-01)")
 ID_TEXT = text(MAX_ID_TEXT)
 FREE_TEXT = text(MAX_FREE_TEXT)
+LAT_E7 = sint(-900_000_000, 900_000_000, "an integer within ±90° × 10⁷")
+LON_E7 = sint(-1_800_000_000, 1_800_000_000, "an integer within ±180° × 10⁷")
+CATEGORY = Kind(Shape.UINT, 1, CATEGORY_MAX, note=f"a category code 1..{CATEGORY_MAX}")
+DIGEST = byte_string(32, 32)  # a SHA-256
+ATTACHMENT_SIZE = Kind(
+    Shape.UINT, 1, MAX_ATTACHMENT_BYTES, note=f"a size 1..{MAX_ATTACHMENT_BYTES}"
+)
+ATTACHMENT = tuple_of(  # one attachment of an event: [kind, sha256, size]
+    Kind(Shape.UINT, 1, 3), DIGEST, ATTACHMENT_SIZE,
+    note=f"[kind 1..3, a 32-byte SHA-256, a size 1..{MAX_ATTACHMENT_BYTES}]",
+)  # fmt: skip
+ATTACHMENTS = array(ATTACHMENT, MAX_ATTACHMENTS)
 DEVICE_ID_KIND = Kind(
     Shape.TEXT, 1, 64, note="a device id (1-64 of A-Z a-z 0-9 _ . -, a letter or digit first)"
 )
@@ -208,6 +251,10 @@ def fits(kind: Kind, v: object) -> bool:
         if isinstance(v, bytes):
             return kind.low <= len(v) <= kind.high
         return fits(kind.item, v)
+    if s is Shape.TUPLE:
+        if not isinstance(v, list | tuple) or len(v) != len(kind.items):
+            return False
+        return all(fits(k, x) for k, x in zip(kind.items, v, strict=True))
     assert kind.item is not None
     if not isinstance(v, list | tuple) or not kind.low <= len(v) <= kind.high:
         return False

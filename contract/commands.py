@@ -27,6 +27,8 @@ name) depends on the device's files and is judged by agent/identity/rotation.py,
 bundle's lines are judged against the device's plan. Likewise a dock's commands (`FlyLine`,
 `AbortMission`): here only their shape; whether the drone can fly is the dock's judgement
 (agent/dock/machine.py), given its battery, the wind and the drone's state at that moment.
+The bodies of the event commands (CATALOGUE, EVENT_STATUS) and their readers are in
+contract/eventcommands.py; this module dispatches to them by type.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contract import bounds as b
+from contract import eventcommands as ec
 from contract.cose import decode_sign1, sig_structure, strict_loads
 from contract.errors import RecordError
 from contract.protocol import DEVICE_ID
@@ -50,6 +53,7 @@ from contract.protocol import DEVICE_ID
 __all__ = [
     "CHALLENGE_LEN",
     "DOCK_COMMANDS",
+    "EVENT_COMMANDS",
     "MAX_TEXT",
     "SETTINGS",
     "AbortMission",
@@ -92,10 +96,13 @@ class CommandType(enum.IntEnum):
     ROTATE_KEYS = 5
     FLY_LINE = 6  # docks only: fly an aerial line now
     ABORT_MISSION = 7  # docks only: bring the drone home now
+    CATALOGUE = 8  # the catalogue of event categories (contract/eventcommands.py)
+    EVENT_STATUS = 9  # one status change of one event, to its reporter and assignee
 
 
 # Commands only a dock carries out; any other device refuses them.
 DOCK_COMMANDS = frozenset({CommandType.FLY_LINE, CommandType.ABORT_MISSION})
+EVENT_COMMANDS = frozenset({CommandType.CATALOGUE, CommandType.EVENT_STATUS})
 
 
 class Priority(enum.IntEnum):
@@ -173,7 +180,10 @@ class AbortMission:
     FLY_LINE the center meant it for, never after a later one."""
 
 
-Body = TaskBundle | RollCall | Reminder | ConfigChange | RotateKeys | FlyLine | AbortMission
+Body = (
+    TaskBundle | RollCall | Reminder | ConfigChange | RotateKeys | FlyLine | AbortMission
+    | ec.Catalogue | ec.EventStatus
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +286,8 @@ def body_type(body: Body) -> CommandType:
         return CommandType.FLY_LINE
     if isinstance(body, AbortMission):
         return CommandType.ABORT_MISSION
+    if isinstance(body, ec.Catalogue | ec.EventStatus):
+        return CommandType.CATALOGUE if isinstance(body, ec.Catalogue) else CommandType.EVENT_STATUS
     return CommandType.CONFIG_CHANGE
 
 
@@ -292,6 +304,8 @@ def _body_map(body: Body) -> dict[int, object]:
         return {16: body.line, 17: int(body.priority)}
     if isinstance(body, AbortMission):
         return {}
+    if isinstance(body, ec.Catalogue | ec.EventStatus):
+        return body.as_map()
     return {16: dict(body.settings)}
 
 
@@ -322,8 +336,7 @@ def local_date(now_ms: int, utc_offset_min: int) -> dt.date:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    """A signed, addressed command whose type or body this device does not understand."""
+_Invalid = ec.Invalid  # a signed, addressed command whose type or body is not understood
 
 
 def _uint(v: object) -> bool:
@@ -454,6 +467,8 @@ BODY_READERS: Mapping[CommandType, Callable[[Mapping[object, object]], Body]] = 
     CommandType.ROTATE_KEYS: _rotate_keys,
     CommandType.FLY_LINE: _fly_line,
     CommandType.ABORT_MISSION: _abort_mission,
+    CommandType.CATALOGUE: ec.read_catalogue,
+    CommandType.EVENT_STATUS: ec.read_event_status,
 }
 
 

@@ -52,8 +52,19 @@ def state_topic(device: str) -> str:
     return f"{PREFIX}/{device}/up/state"
 
 
+def attachment_topic(device: str) -> str:
+    """Chunks of attachments and questions about them, from one device (docs/events.md)."""
+    return f"{PREFIX}/{device}/up/att"
+
+
+def attachment_state_topic(device: str) -> str:
+    """The center's answers about one device's attachments (contract/attachments.py)."""
+    return f"{PREFIX}/{device}/down/att"
+
+
 ALL_RECORDS = f"{PREFIX}/+/up/records"
 ALL_RELAYED = f"{PREFIX}/+/up/relayed"
+ALL_ATTACHMENTS = f"{PREFIX}/+/up/att"
 
 
 def device_of_topic(topic: str) -> str:
@@ -94,7 +105,9 @@ class Ack:
         )
 
 
-def _map(data: bytes, what: str, limit: int) -> Mapping[object, object]:
+def decode_map(data: bytes, what: str, limit: int) -> Mapping[object, object]:
+    """A payload that must be one CBOR map: at most `limit` bytes (refused before it is
+    decoded), decoded strictly; a RemoteError naming `what` otherwise."""
     if len(data) > limit:
         raise RemoteError(f"{what} of {len(data)} bytes: at most {limit}")
     try:
@@ -122,7 +135,7 @@ def decode_batch(data: bytes) -> Batch:
     """A batch, at most MAX_BATCH_BYTES (refused before decoding), of at most MAX_BATCH
     records. A record over MAX_RECORD is the ingest's to refuse, alone: the rest of the
     batch is good for all that."""
-    m = _map(data, "batch", MAX_BATCH_BYTES)
+    m = decode_map(data, "batch", MAX_BATCH_BYTES)
     bid, recs = m.get(1), m.get(2)
     if not _seq(bid):
         raise RemoteError(f"batch: {_BATCH_ID}")
@@ -136,7 +149,7 @@ def decode_batch(data: bytes) -> Batch:
 def decode_ack(data: bytes) -> Ack:
     """An acknowledgement: at most MAX_ACK_BYTES, a batch id and sequence numbers each
     within 2**53 - 1, at most MAX_BATCH of each list, known refusal reasons."""
-    m = _map(data, "ack", MAX_ACK_BYTES)
+    m = decode_map(data, "ack", MAX_ACK_BYTES)
     bid, stored, refused = m.get(1), m.get(2, []), m.get(3, [])
     if not _seq(bid):
         raise RemoteError(f"ack: {_BATCH_ID}")

@@ -54,6 +54,7 @@ class RecordType(enum.IntEnum):
     DROPPED = 8
     DOCK_STATE = 9
     MISSION = 10
+    EVENT = 11  # a field event a member reports (contract/events.py, docs/events.md)
 
 
 # How error messages and reports name each type.
@@ -68,6 +69,7 @@ TYPE_NAMES: Mapping[RecordType, str] = {
     RecordType.DROPPED: "dropped",
     RecordType.DOCK_STATE: "dock state",
     RecordType.MISSION: "mission",
+    RecordType.EVENT: "event",
 }
 
 

@@ -4,7 +4,8 @@ A record can be correctly signed and still malformed, so the center checks every
 opens (`validate_body`) before it stores what the body says. The check is a data table,
 `BODY_SCHEMA`, one row per key per type, so that it reads like the CDDL it mirrors and a
 new key is one line; the few rules a table cannot say (keys that come in pairs, a
-DROPPED record's count against its sequence numbers) follow it in `validate_body`. It is
+DROPPED record's count against its sequence numbers, an event's place and attachments:
+`contract.events.parse_event`) follow it in `validate_body`. It is
 apart from contract/records.py, which makes and reads records, because only the receiving
 end needs it, and it reads records' keys without adding to them.
 """
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from contract import bounds as b
+from contract import events
 from contract.errors import RecordError
 from contract.records import (
     TYPE_NAMES,
@@ -31,12 +33,9 @@ from contract.records import (
     SuspicionKey,
 )
 
-LAT_E7_MAX = 900_000_000
-LON_E7_MAX = 1_800_000_000
-
 # The kinds of body values (contract/bounds.py has the shared ones and says why each bound).
-LAT = b.sint(-LAT_E7_MAX, LAT_E7_MAX, "an integer within ±90° × 10⁷")
-LON = b.sint(-LON_E7_MAX, LON_E7_MAX, "an integer within ±180° × 10⁷")
+LAT, LON = b.LAT_E7, b.LON_E7
+LAT_E7_MAX, LON_E7_MAX = LAT.high, LON.high
 # 16 random bytes, or a command number
 CHALLENGE = b.Kind(
     b.Shape.BYTES_OR_UINT,
@@ -151,6 +150,7 @@ BODY_SCHEMA: Mapping[RecordType, Mapping[int, Field]] = {
         MissionKey.BATTERY_USED_PCT: Field("battery used", b.PERCENT),
         MissionKey.PRIORITY: Field("priority", b.CODE),
     },
+    RecordType.EVENT: {k: Field(n, kind, req) for k, (n, kind, req) in events.FIELDS.items()},
 }
 
 # A position is a latitude and a longitude, or neither.
@@ -178,6 +178,8 @@ def validate_body(rtype: RecordType, body: Mapping[int, object]) -> None:
         (ReceiptKey.NEXT_SIGNING_KEY in body) != (ReceiptKey.NEXT_CSR in body)
     ):
         raise RecordError(f"{what} keys 20 and 21 (next key pair) come together or not")
+    if rtype is RecordType.EVENT:  # its place and attachments (contract/events.py)
+        events.parse_event(body)
     if rtype is RecordType.DROPPED:
         count, first, last = (body[k] for k in (16, 17, 18))
         assert isinstance(count, int) and isinstance(first, int) and isinstance(last, int)

@@ -8,7 +8,9 @@ from `time_on_air_ms`; simulators/lora_medium.py decides delivery from `link_bud
 `delivery_probability`, so the simulated radio and the real one cannot disagree.
 
 It also defines the LoRa packet of a record (`record_packet`, `split_packet`), which the
-handset sends and center/lora_gateway.py reads.
+handset sends and center/lora_gateway.py reads, and the fragments of a record longer than
+one packet (`fragment_packets`, `parse_fragment`) with their pure, bounded `Reassembly`
+(docs/bridge.md, "LoRa packets").
 
 Runs unchanged under MicroPython (the firmware imports it; tests run it under the real
 interpreter): no dataclasses, no typing (annotations that name types are strings, and an
@@ -67,6 +69,12 @@ SPEED_OF_LIGHT = 299_792_458.0
 # never be taken for a bare record's first byte; unknown kinds are refused, not guessed at.
 COSE_SIGN1_HEAD = 0xD2
 KIND_RECORD = 0x01  # the rest of the packet is one signed record (COSE_Sign1)
+KIND_FRAGMENT = 0x02  # one piece of a record too long for one packet (below)
+
+# A fragment: kind, message id (4 bytes, big-endian), index (from 0), count, then the piece.
+FRAGMENT_HEAD = 7
+FRAGMENT_PIECE = MAX_PACKET - FRAGMENT_HEAD  # 248 bytes of the record in a full fragment
+MAX_MESSAGE = 1024  # the longest record sent in fragments (contract/bounds.py MAX_RECORD)
 
 
 def record_packet(record: bytes, prefixed: bool = True) -> bytes:
@@ -77,9 +85,51 @@ def record_packet(record: bytes, prefixed: bool = True) -> bytes:
     return packet
 
 
+def fragment_packets(record: bytes, message_id: int) -> "list[bytes]":
+    """The packets that carry `record`: one KIND_RECORD packet when it fits, otherwise
+    KIND_FRAGMENT packets of at most MAX_PACKET bytes, every piece but the last full.
+    `message_id` (0 to 2^32 - 1) must differ from the sender's other messages still in
+    flight. ValueError for an empty record or one over MAX_MESSAGE bytes."""
+    if not record:
+        raise ValueError("empty record")
+    if 1 + len(record) <= MAX_PACKET:
+        return [record_packet(record)]
+    if len(record) > MAX_MESSAGE:
+        raise ValueError(
+            "record of " + str(len(record)) + " bytes; at most " + str(MAX_MESSAGE)
+            + " go in fragments"
+        )  # fmt: skip
+    if not 0 <= message_id <= 0xFFFFFFFF:
+        raise ValueError("message id " + str(message_id) + " is not 0 to 2^32 - 1")
+    count = -(-len(record) // FRAGMENT_PIECE)
+    head = bytes((KIND_FRAGMENT,)) + message_id.to_bytes(4, "big")
+    out = []
+    for i in range(count):
+        piece = record[i * FRAGMENT_PIECE : (i + 1) * FRAGMENT_PIECE]
+        out.append(head + bytes((i, count)) + bytes(piece))
+    return out
+
+
+def parse_fragment(packet: bytes) -> "tuple[int, int, int, bytes]":
+    """(message id, index, count, piece) of a KIND_FRAGMENT packet; ValueError when it is
+    not one, or its header cannot be true (count 0, index not below count, no piece)."""
+    if len(packet) < 1 or packet[0] != KIND_FRAGMENT:
+        raise ValueError("not a fragment")
+    if len(packet) <= FRAGMENT_HEAD:
+        raise ValueError("fragment of " + str(len(packet)) + " bytes: no piece after the header")
+    count = packet[6]
+    index = packet[5]
+    if count == 0:
+        raise ValueError("fragment count 0")
+    if index >= count:
+        raise ValueError("fragment index " + str(index) + " of a count of " + str(count))
+    return int.from_bytes(packet[1:5], "big"), index, count, bytes(packet[FRAGMENT_HEAD:])
+
+
 def split_packet(packet: bytes) -> "tuple[int, bytes]":
-    """(kind, body) of a packet: a bare record is (KIND_RECORD, packet). ValueError when
-    the packet is empty, or its kind is not one this version knows."""
+    """(kind, body) of a packet: a bare record is (KIND_RECORD, packet); a fragment is
+    (KIND_FRAGMENT, the packet whole), its header checked (`parse_fragment`). ValueError when
+    the packet is empty, malformed, or its kind is not one this version knows."""
     if not packet:
         raise ValueError("empty packet")
     head = packet[0]
@@ -89,7 +139,137 @@ def split_packet(packet: bytes) -> "tuple[int, bytes]":
         if len(packet) < 2:
             raise ValueError("record packet without a record")
         return KIND_RECORD, bytes(packet[1:])
+    if head == KIND_FRAGMENT:
+        parse_fragment(packet)
+        return KIND_FRAGMENT, bytes(packet)
     raise ValueError(f"unknown packet kind 0x{head:02x}")
+
+
+class _Partial:
+    """One message waiting for pieces."""
+
+    def __init__(self, first_ms: int, order: int, count: int) -> None:
+        self.first_ms = first_ms
+        self.order = order  # breaks ties between messages begun in the same millisecond
+        self.count = count
+        self.pieces = [None] * count  # type: list[bytes | None]
+        self.held = 0
+        self.size = 0
+
+
+class Reassembly:
+    """Fragments in, whole records out: `add(packet, now_ms)` returns the record when its
+    last missing piece arrives, else None, and raises ValueError (counted in `refused`) for
+    a fragment that cannot belong to a true message.
+
+    Bounded: at most `max_partial` messages wait for pieces (a new one pushes out the one
+    that began first) and none longer than `max_age_ms` from its first piece; at most
+    `max_bytes` per message. Every incomplete message given up is counted in `dropped`.
+    A fragment heard again (the same piece, or any piece of one of the last `max_partial`
+    messages completed) is counted in `duplicates` and changes nothing. Refused: a header
+    that cannot be true (`parse_fragment`), a count other than the message's earlier
+    fragments said, another piece at an index already held, a message over `max_bytes`
+    (that message is given up too). Times are the caller's clock, in ms.
+    """
+
+    def __init__(
+        self, max_partial: int = 64, max_age_ms: int = 120_000, max_bytes: int = MAX_MESSAGE
+    ) -> None:
+        if max_partial < 1 or max_age_ms < 0 or max_bytes < 1:
+            raise ValueError("reassembly bounds must be positive")
+        self.max_partial = max_partial
+        self.max_age_ms = max_age_ms
+        self.max_bytes = max_bytes
+        self._partial = {}  # type: dict[int, _Partial]
+        self._done = []  # type: list[int]
+        self._order = 0
+        self.completed = 0
+        self.dropped = 0
+        self.duplicates = 0
+        self.refused = 0
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting for pieces."""
+        return len(self._partial)
+
+    def expire(self, now_ms: int) -> int:
+        """Give up the messages begun more than `max_age_ms` before `now_ms`; how many."""
+        old = [k for k, p in self._partial.items() if now_ms - p.first_ms > self.max_age_ms]
+        for k in old:
+            del self._partial[k]
+        self.dropped += len(old)
+        return len(old)
+
+    def add(self, packet: bytes, now_ms: int) -> "bytes | None":
+        try:
+            return self._add(packet, now_ms)
+        except ValueError:
+            self.refused += 1
+            raise
+
+    def _add(self, packet: bytes, now_ms: int) -> "bytes | None":
+        mid, index, count, piece = parse_fragment(packet)
+        self.expire(now_ms)
+        if mid in self._done:
+            self.duplicates += 1
+            return None
+        if count > self.max_bytes:
+            raise ValueError(
+                "message " + _hex_id(mid) + " of " + str(count) + " pieces exceeds "
+                + str(self.max_bytes) + " bytes"
+            )  # fmt: skip
+        p = self._partial.get(mid)
+        if p is None:
+            if len(self._partial) >= self.max_partial:
+                self._drop_first()
+            self._order += 1
+            p = _Partial(now_ms, self._order, count)
+            self._partial[mid] = p
+        elif p.count != count:
+            raise ValueError(
+                "fragment of message " + _hex_id(mid) + " says " + str(count)
+                + " pieces; an earlier one said " + str(p.count)
+            )  # fmt: skip
+        held = p.pieces[index]
+        if held is not None:
+            if held == piece:
+                self.duplicates += 1
+                return None
+            raise ValueError(
+                "fragment " + str(index) + " of message " + _hex_id(mid)
+                + " differs from the one already held"
+            )  # fmt: skip
+        if p.size + len(piece) > self.max_bytes:
+            del self._partial[mid]
+            self.dropped += 1
+            raise ValueError(
+                "message " + _hex_id(mid) + " exceeds " + str(self.max_bytes) + " bytes"
+            )
+        p.pieces[index] = piece
+        p.held += 1
+        p.size += len(piece)
+        if p.held < count:
+            return None
+        del self._partial[mid]
+        self._done.append(mid)
+        if len(self._done) > self.max_partial:
+            self._done.pop(0)
+        self.completed += 1
+        return b"".join([x for x in p.pieces if x is not None])
+
+    def _drop_first(self) -> None:
+        first = -1
+        key = None  # type: tuple[int, int] | None
+        for k, p in self._partial.items():
+            if key is None or (p.first_ms, p.order) < key:
+                first, key = k, (p.first_ms, p.order)
+        del self._partial[first]
+        self.dropped += 1
+
+
+def _hex_id(message_id: int) -> str:
+    return f"0x{message_id:08x}"
 
 
 # --- time on air ----------------------------------------------------------------------------

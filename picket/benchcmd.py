@@ -28,8 +28,8 @@ from simulators.truth import (
 )
 from simulators.truthcases import Behaviour
 
-DEFAULT_CASES = 200  # per behaviour and condition: 1,000 visits, 2,640 cases per condition;
-# all ten conditions: 26,400 cases, 19.9 million fixes, ~270 s of CPU here
+DEFAULT_CASES = 200  # per behaviour and condition: 1,000 visits, 2,640 cases per condition
+# (2,400 and 4,040 under cover); all ten conditions: 27,800 cases, 20 million fixes
 MAX_CASES = 10_000
 MEASURES = {"precision": "precision", "recall": "recall", "recall_any": "visited+uncertain"}
 
@@ -69,7 +69,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--cases",
         type=_cases,
         default=DEFAULT_CASES,
-        help=f"cases per behaviour and condition; visits get five times as many ({DEFAULT_CASES})",
+        help="cases per behaviour and condition; visits get five times as many, twelve times "
+        f"under cover ({DEFAULT_CASES})",
     )
     ck.add_argument(
         "--conditions",

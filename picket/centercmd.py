@@ -20,6 +20,7 @@ from typing import TextIO
 
 from center import export as evidence
 from center.errors import CenterDbError
+from picket import eventcmd
 from picket.errors import CliInputError
 from provisioning.registry import RegistryError
 from provisioning.registry import check_registry as _check_registry
@@ -37,6 +38,7 @@ def add_center_parsers(center: argparse._SubParsersAction[argparse.ArgumentParse
     dev = center.add_parser("devices", help="list each device's Ed25519 public key (hex)")
     dev.add_argument("--db", type=Path, required=True, help="center SQLite database")
     dev.add_argument("--json", action="store_true", help="print one JSON object")
+    eventcmd.add_parsers(center)  # `center events …` and `center api` (picket/eventcmd.py)
 
 
 def check_registry(path: Path) -> None:

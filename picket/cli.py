@@ -27,6 +27,9 @@ from picket import (
     centerstatus,
     checkincmd,
     commandcmd,
+    eventcmd,
+    eventdevcmd,
+    fleetcmd,
     gps,
     plancmd,
     provisioncmd,
@@ -38,6 +41,7 @@ from picket.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError, CliInp
 from picket.report import print_report
 
 if TYPE_CHECKING:
+    from center.service import CenterService
     from simulators.faults import FaultKind
 
 
@@ -100,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="inject faults at moments drawn from the seed: "
         "broker-kill, broker-outage, agent-kill, center-kill, link-flap, half-open",
     )
+    fleetcmd.add_events_argument(demo)
 
     center = sub.add_parser("center", help="the receiving end").add_subparsers(
         dest="center_command", required=True, metavar="COMMAND"
@@ -118,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="picket-center",
         help="MQTT 5 shared-subscription group: workers in one group share the load",
     )
+    run.add_argument(
+        "--api",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="also serve Open311 here",
+    )
+    run.add_argument("--api-keys", type=Path, metavar="FILE", help="the API's keys (with --api)")
     centercmd.add_center_parsers(center)
     centerstatus.add_parser(center)
     commandcmd.add_center_parsers(center)
@@ -135,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     simcmd.add_parsers(sub)
     benchcmd.add_parsers(sub)
     bridgecmd.add_parsers(sub)
+    eventdevcmd.add_parsers(sub)  # `picket event …` on the device
 
     prov = sub.add_parser("provision", help="technician's tools").add_subparsers(
         dest="provision_command", required=True, metavar="COMMAND"
@@ -148,13 +161,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from picket.progress import Progress
     from simulators.demo import DemoError, DemoOptions, run_demo
 
-    opts = DemoOptions(args.devices, args.minutes, args.seed, args.workdir, args.faults)
+    opts = DemoOptions(
+        args.devices, args.minutes, args.seed, args.workdir, args.faults, args.events_per_hour
+    )
     try:
         report = asyncio.run(run_demo(opts, Progress()))
     except DemoError as exc:
         raise CliInputError(str(exc)) from exc
     print_report(report, args.json)
     ok = report["records_lost"] == 0 and report["records_duplicated"] == 0 and report["drained"]
+    ok = ok and report["attachments_lost"] == 0
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -182,12 +198,35 @@ def _cmd_center_run(args: argparse.Namespace) -> int:
             print("ready", flush=True)
 
         announcer = asyncio.create_task(announce(), name="center-announce")
-        await service.run()
+        if args.api is None:
+            await service.run()
+        else:
+            await _with_api(service, args)
         announcer.cancel()
         return {**service.ingest.stats.as_dict()}
 
     print(json.dumps(asyncio.run(serve()), sort_keys=True), flush=True)
     return EXIT_OK
+
+
+async def _with_api(service: CenterService, args: argparse.Namespace) -> None:
+    """The center's service and its Open311 API in one process: either ending ends both."""
+    from center.events.connection import EventDb
+
+    if args.api_keys is None:
+        raise CliInputError("--api needs --api-keys FILE (lines of NAME KEY)")
+    stop = asyncio.Event()
+    db = EventDb(args.db)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            api = tg.create_task(eventcmd.serve_api(db, args.api_keys, args.api, stop))
+            await service.run()
+            stop.set()
+            await api
+    except* CliInputError as group:  # the API could not listen: say why, once
+        raise group.exceptions[0] from None
+    finally:
+        db.close()
 
 
 def _cmd_agent_run(args: argparse.Namespace) -> int:
@@ -273,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         **provisioncmd.HANDLERS,
         **bridgecmd.HANDLERS,
         **simcmd.HANDLERS,
+        **eventcmd.HANDLERS,
+        **eventdevcmd.HANDLERS,
         ("provision", "rotate"): rotatecmd.rotate,
     }
     sub = getattr(args, f"{args.command}_command", None)

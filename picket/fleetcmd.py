@@ -32,6 +32,35 @@ def _hours(text: str) -> float:
     return value
 
 
+# simulators.fieldevents' DEFAULT_EVENTS_PER_HOUR and MAX_EVENTS_PER_HOUR (not imported:
+# `picket --help` stays fast; tests/test_fleet_events.py checks they agree)
+EVENTS_PER_HOUR, EVENTS_PER_HOUR_MAX = 0.4, 60.0
+
+
+def events_per_hour(text: str) -> float:
+    """`--events-per-hour R` of `picket demo` and `picket sim fleet`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of events") from None
+    if not 0 <= value <= EVENTS_PER_HOUR_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text} events per member-hour: give 0 (none) to {EVENTS_PER_HOUR_MAX:g}"
+        )
+    return value
+
+
+def add_events_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--events-per-hour",
+        type=events_per_hour,
+        default=EVENTS_PER_HOUR,
+        metavar="R",
+        help="field events each member reports per hour, most with a photo "
+        f"({EVENTS_PER_HOUR:g}; 0: none)",
+    )
+
+
 def _shard(text: str) -> tuple[int, int]:
     i, sep, n = text.partition("/")
     if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
@@ -66,6 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave the district's drone docks out (they fly by default, not in a shard)",
     )
+    add_events_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object last")
 
 
@@ -95,6 +125,7 @@ def fleet(args: argparse.Namespace) -> int:
         html=args.html,
         nmea_every=args.nmea_every,
         docks=args.docks,
+        events_per_hour=args.events_per_hour,
     )
     try:
         report = public(asyncio.run(run_fleet(opts, Progress())))
@@ -103,4 +134,5 @@ def fleet(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print_report(report, args.json)
     ok = report.get("records_lost") == 0 and report.get("records_duplicated") == 0
+    ok = ok and report.get("attachments_lost", 0) == 0
     return EXIT_OK if ok and report.get("drained") else EXIT_FAILED

@@ -8,6 +8,12 @@ agent also stores a health record. When every walker has finished its shift the 
 waits for every outbox to drain, stops everything, and audits the center database
 against what the devices created. Nothing here is faked: only the GNSS sky is simulated.
 
+Members also report field events (simulators/fieldevents.py) at `events_per_hour` per
+member-hour through the device's own `report_event`, each agent's uplink uploads their
+photos and notes in chunks, and a desk on the center's database accepts, dispatches and
+closes them; the drain waits for every attachment too, and the audit counts events and
+attachments at the center.
+
 With `faults`, the fleet suffers them while it works (simulators/faults.py plans when;
 `_Fleet` is what they act on). Killing an agent is what kill -9 does to the daemon: its
 uplink task is cancelled, its engine (and any visit in progress) forgotten, and its
@@ -33,11 +39,16 @@ from pathlib import Path
 from agent.checkin.device import DeviceAgent
 from agent.checkin.plan import Plan
 from agent.config import AgentConfig, load_config
+from agent.events.attachstore import AttachmentStore
+from agent.events.mine import attachments_path
+from agent.events.report import reconcile
 from agent.health import store_agent_health
 from agent.store.outbox import Outbox
 from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
 from agent.uplink.sync import SyncCore
 from center.audit import audit
+from center.events.catalogue import load as load_catalogue
+from contract.eventcommands import Catalogue
 from contract.protocol import MAX_BATCH
 from contract.records import RecordType
 from provisioning.brokerconf import write_broker_config
@@ -52,6 +63,14 @@ from simulators.faults import (
     plan_faults,
     run_faults,
 )
+from simulators.fieldevents import (
+    DEFAULT_EVENTS_PER_HOUR,
+    MAX_EVENTS_PER_HOUR,
+    Desk,
+    MemberReports,
+    attach_uploader,
+    audit_events,
+)
 from simulators.progress import ProgressSink
 from simulators.proxy import LinkProxy
 from simulators.simerror import SimulatorError
@@ -60,6 +79,7 @@ from simulators.workdir import run_folder
 
 SHIFT_START_MS = 1_772_323_200_000  # 2026-03-01 00:00 UTC (08:00 in Chongqing)
 DRAIN_TIMEOUT_S = 60.0
+SETTLE_TIMEOUT_S = 30.0  # after the drain, for the desk to close the last events
 HEALTH_INTERVAL_S = 300  # virtual seconds between a device's health records
 # Real-time settings of the demo's uplinks: a keepalive short enough that a half-open link
 # is noticed in seconds, and backoff and resend times that fit a run of a minute or two. A
@@ -72,9 +92,10 @@ ACK_TIMEOUT_MS = 5_000
 MAX_DEVICES = 2_747  # the full district's members (docs/district.md): `sim fleet` beyond
 MAX_MINUTES = 24 * 60
 # Open files the demo's process holds: a base (Python, the fleet, the center's pipe) and per
-# device its outbox (SQLite: database, WAL, shared memory) and its MQTT client (a socket and
-# paho's wake-up socket pair); a device behind a link-fault proxy holds three more.
-FILES_BASE, FILES_PER_DEVICE, FILES_PER_PROXY = 64, 6, 3
+# device its outbox and its attachment store (SQLite: database, WAL, shared memory each) and
+# its MQTT client (a socket and paho's wake-up socket pair); a device behind a link-fault
+# proxy holds three more.
+FILES_BASE, FILES_PER_DEVICE, FILES_PER_PROXY = 64, 9, 3
 
 
 class DemoError(SimulatorError):
@@ -88,6 +109,7 @@ class DemoOptions:
     seed: int = 7
     workdir: Path | None = None
     faults: tuple[FaultKind, ...] = ()
+    events_per_hour: float = DEFAULT_EVENTS_PER_HOUR  # field events, per member-hour
 
 
 @dataclass(slots=True)
@@ -97,13 +119,15 @@ class _Device:
     walker: Walker
     agent: DeviceAgent
     uplink: Uplink
+    store: AttachmentStore
+    reports: MemberReports
     proxy: LinkProxy | None = None
     task: asyncio.Task[None] | None = None
     alive: bool = True
     started_ms: int = SHIFT_START_MS  # virtual time of this agent's start
     created: Counter[RecordType] = field(default_factory=Counter)  # by agents before this one
     nmea_errors: int = 0  # likewise
-    abandoned: list[Outbox] = field(default_factory=list)  # connections a kill dropped
+    abandoned: list[Outbox | AttachmentStore] = field(default_factory=list)  # a kill dropped
 
     @property
     def device(self) -> str:
@@ -182,6 +206,7 @@ class _Fleet:
         self.center: asyncio.subprocess.Process | None = None
         self.center_stats: Counter[str] = Counter()
         self.tg: asyncio.TaskGroup | None = None
+        self.catalogue: Catalogue = load_catalogue()  # what the center distributes
 
     # -- building -------------------------------------------------------------------------
 
@@ -202,13 +227,29 @@ class _Fleet:
             rng = random.Random(opts.seed * 1_000_003 + i)
             line = self.plan.lines[i % len(self.plan.lines)]
             walker = Walker(dev, self.plan, line, rng, SHIFT_START_MS + i * 1000, shift_end)
-            agent, uplink = self._boot(cfg, proxies.get(i))
-            self.devices.append(_Device(i, cfg, walker, agent, uplink, proxies.get(i)))
+            reports = MemberReports.of(
+                dev,
+                i,
+                seed=opts.seed,
+                rate_per_hour=opts.events_per_hour,
+                start_ms=SHIFT_START_MS,
+                end_ms=shift_end,
+                catalogue=self.catalogue,
+            )
+            agent, uplink, store = self._boot(cfg, proxies.get(i))
+            self.devices.append(
+                _Device(i, cfg, walker, agent, uplink, store, reports, proxies.get(i))
+            )
 
-    def _boot(self, cfg: AgentConfig, proxy: LinkProxy | None) -> tuple[DeviceAgent, Uplink]:
-        """What the daemon does at start: open the outbox, count a boot, make the agent."""
+    def _boot(
+        self, cfg: AgentConfig, proxy: LinkProxy | None
+    ) -> tuple[DeviceAgent, Uplink, AttachmentStore]:
+        """What the daemon does at start: open the outbox and the attachment store, count a
+        boot, make the agent, its uplink and the uploader."""
         outbox = Outbox(cfg.outbox_path, cfg.device)
         outbox.begin_boot()
+        store = AttachmentStore(attachments_path(cfg.outbox_path), cfg.events.quota_bytes)
+        reconcile(outbox, store, SHIFT_START_MS + self.clock.now_ms)
         address = (
             BrokerAddress(cfg.broker_host, cfg.broker_port)
             if proxy is None
@@ -221,10 +262,11 @@ class _Fleet:
             first_batch_id=random.getrandbits(31),
         )
         uplink = Uplink(outbox, address, core=core, options=replace(UPLINK, tls=cfg.tls))
+        attach_uploader(uplink, store, cfg.events.chunk_bytes, poll_s=1.0)
         agent = DeviceAgent(
             cfg.device, cfg.load_key(), self.plan, outbox, on_stored=uplink.on_stored
         )
-        return agent, uplink
+        return agent, uplink, store
 
     def spawn(self, d: _Device) -> None:
         assert self.tg is not None
@@ -235,6 +277,20 @@ class _Fleet:
     def store_health(self, d: _Device, t_ms: int) -> None:
         store_agent_health(d.agent, t_ms, d.started_ms)
 
+    def report_events(self, d: _Device, t_ms: int) -> None:
+        if not d.reports.planned or d.reports.planned[0].at_ms > t_ms:
+            return  # the common case, every device-second
+        d.reports.due(
+            t_ms,
+            outbox=d.agent.outbox,
+            store=d.store,
+            key=d.agent.key,
+            settings=d.config.events,
+            catalogue=self.catalogue,
+            fix=d.agent.last_fix,
+            uplink=d.uplink,
+        )
+
     async def stop_uplinks(self) -> None:
         for d in self.devices:
             d.uplink.stop()
@@ -244,6 +300,7 @@ class _Fleet:
     def close(self) -> None:
         for d in self.devices:
             d.agent.outbox.close()
+            d.store.close()
             for box in d.abandoned:
                 box.close()
 
@@ -274,11 +331,12 @@ class _Fleet:
         stats = d.agent.parser.stats
         d.nmea_errors += stats.bad_checksum + stats.malformed
         d.abandoned.append(d.agent.outbox)  # never closed while the demo runs, as after kill -9
+        d.abandoned.append(d.store)
         return True
 
     def start_agent(self, device: int) -> None:
         d = self.devices[device]
-        d.agent, d.uplink = self._boot(d.config, d.proxy)
+        d.agent, d.uplink, d.store = self._boot(d.config, d.proxy)
         d.started_ms = SHIFT_START_MS + self.clock.now_ms
         d.alive = True
         self.spawn(d)
@@ -309,6 +367,8 @@ async def _simulate(fleet: _Fleet, progress: ProgressSink) -> int:
                 d.agent.on_nmea(data)
                 if (t - d.started_ms) % health_every == health_every - 1000:
                     fleet.store_health(d, t)
+            if d.alive:  # a member whose handset is off reports once it is back
+                fleet.report_events(d, t)
         t += 1000
         fleet.clock.advance(t - SHIFT_START_MS)
         await asyncio.sleep(0)  # let the uplinks and acknowledgements run
@@ -323,7 +383,10 @@ async def _simulate(fleet: _Fleet, progress: ProgressSink) -> int:
 async def _drain(fleet: _Fleet, t: int, progress: ProgressSink) -> bool:
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
-        if all(d.alive and d.agent.outbox.depth() == 0 for d in fleet.devices):
+        if all(
+            d.alive and d.agent.outbox.depth() == 0 and d.store.usage().waiting == 0
+            for d in fleet.devices
+        ):
             return True
         progress.update(_summary_line(t, fleet, "draining"))
         await asyncio.sleep(0.05)
@@ -367,6 +430,8 @@ async def run_demo(opts: DemoOptions, progress: ProgressSink) -> dict[str, objec
             f"--devices must be 1 to {MAX_DEVICES:,} and --minutes above 0 and at most "
             f"{MAX_MINUTES:,}"
         )
+    if not 0 <= opts.events_per_hour <= MAX_EVENTS_PER_HOUR:
+        raise DemoError(f"--events-per-hour must be 0 to {MAX_EVENTS_PER_HOUR:g}")
     wall0 = time.monotonic()
     with contextlib.ExitStack() as stack:
         workdir = run_folder(stack, opts.workdir, "picket-demo-", DemoError)
@@ -386,23 +451,31 @@ async def run_demo(opts: DemoOptions, progress: ProgressSink) -> dict[str, objec
             proxies = await _start_proxies(faults, broker, astack)
             fleet.provision(opts, proxies)
             await fleet.start_center()
+            desk = Desk(workdir / "center.db")  # the center's operator: accept … close
             try:
                 async with asyncio.TaskGroup() as tg:
                     fleet.tg = tg
                     for d in fleet.devices:
                         fleet.spawn(d)
+                    desk_task = tg.create_task(desk.run(), name="desk")
                     injector = tg.create_task(run_faults(faults, fleet, fleet.clock), name="faults")
                     t_end = await _simulate(fleet, progress)
                     injected = await injector  # every fault restored, every agent back
                     drained = await _drain(fleet, t_end, progress)
+                    desk.stop()
+                    await desk_task
+                    await desk.settle(SETTLE_TIMEOUT_S)
                     await fleet.stop_uplinks()
                 progress.done(_summary_line(t_end, fleet, "done"))
                 created = {d.device: d.agent.outbox.last_seq for d in fleet.devices}
             finally:
+                desk.close()
                 if fleet.center is not None:
                     fleet.center_stats.update(await _stop_center(fleet.center))
                 fleet.close()
         found = audit(workdir / "center.db", registry_path(workdir / "fleet"))
+        reported = {d.device: d.reports.reported for d in fleet.devices}
+        field_events = audit_events(workdir / "center.db", reported)
         wall = time.monotonic() - wall0
         sim_s = (t_end - SHIFT_START_MS) / 1000
         devices = fleet.devices
@@ -430,4 +503,6 @@ async def run_demo(opts: DemoOptions, progress: ProgressSink) -> dict[str, objec
             "speedup": round(sim_s / wall, 1) if wall > 0 else None,
             "workdir": str(workdir) if opts.workdir else None,
             "faults_injected": dict(sorted(injected.items())),
+            "events_per_hour": opts.events_per_hour,
+            **field_events,
         }

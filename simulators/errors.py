@@ -17,7 +17,8 @@ The error budget, per condition:
   about 2 % of seconds start an excursion of 30-80 m that lasts 1-5 s. The receiver does
   not know it is being fooled, so an excursion's fixes claim the usual accuracy.
 - UNDER_COVER: open sky, plus one outage of 60-300 s with no fixes at all where the
-  scenario puts the cover (an arcade over the point).
+  scenario puts the cover (an arcade at the point): from up to 20 s before the person
+  arrives to the moment they leave (`draw_outage`).
 - POCKET: open sky, plus white jitter of 1-2 m (RMS) per fix (body shadowing, antenna facing
   the thigh), Doppler noise of +-0.3 m/s, and occasional dropouts of 3-5 s.
 
@@ -49,6 +50,7 @@ OUTLIER_RATE = 0.02  # per second, chance that a multipath excursion starts
 OUTLIER_S = (1, 5)
 OUTLIER_M = (30.0, 80.0)
 OUTAGE_S = (60, 300)
+COVER_LEAD_S = 20  # the cover's shade begins up to this long before the person arrives
 POCKET_JITTER_M = (1.0, 2.0)
 POCKET_DOPPLER_MPS = 0.3
 DROPOUT_RATE = 0.004  # per second (about one dropout in four minutes)
@@ -224,15 +226,23 @@ def draw_excursions(
     return out
 
 
-def draw_outage(model: ErrorModel, rng: random.Random, cover_at: int) -> tuple[int, int] | None:
-    """UNDER_COVER: the [start, end) seconds of the outage the cover at `cover_at` causes.
+def draw_outage(
+    model: ErrorModel, rng: random.Random, cover_at: int, stay_s: int = 0
+) -> tuple[int, int] | None:
+    """UNDER_COVER: the [start, end) seconds of the outage the cover at `cover_at` causes,
+    for a person who stays `stay_s` seconds there (0: passes by).
 
-    The shade begins up to 20 s before `cover_at` (the arcade reaches out along the way in)
-    and lasts 60-300 s, whether or not the person is still standing there by then.
+    The shade begins anywhere from 20 s before `cover_at` (the arcade reaches out along the
+    way in) to the moment the person leaves (they step under it part-way through the stay)
+    and lasts 60-300 s, whether or not the person is still standing there by then. For a
+    pass (`stay_s` 0) the draw is what it was before stays were told apart.
     """
     if not model.outage:
         return None
-    start = max(0, cover_at - rng.randint(0, 20))
+    if stay_s:
+        start = max(0, cover_at - COVER_LEAD_S + rng.randint(0, COVER_LEAD_S + stay_s))
+    else:  # the draw from before stays were told apart: passes keep their cases
+        start = max(0, cover_at - rng.randint(0, COVER_LEAD_S))
     return start, start + rng.randint(*OUTAGE_S)
 
 

@@ -37,7 +37,9 @@ from provisioning.brokerconf import write_broker_config
 from provisioning.fleet import Fleet
 from simulators.bigdistrict import members as district_members
 from simulators.broker import Mosquitto
+from simulators.fieldevents import DEFAULT_EVENTS_PER_HOUR
 from simulators.fleetdocks import FleetDocks
+from simulators.fleetevents import FleetDesk, events_report
 from simulators.fleetreport import build_report, write_html
 from simulators.fleetwire import (
     Advance,
@@ -102,6 +104,7 @@ class FleetOptions:
     html: Path | None = None
     nmea_every: int = 10  # every n-th device's receiver speaks NMEA to the parser (1: all)
     docks: bool = True  # the district's drone docks fly too (not in a shard: no own center)
+    events_per_hour: float = DEFAULT_EVENTS_PER_HOUR  # field events per member-hour
 
 
 @dataclass(slots=True)
@@ -146,6 +149,7 @@ class _Run:
     simulated_ms: int = 0
     trust: Fleet | None = None
     docks: FleetDocks | None = None
+    desk: FleetDesk | None = None  # the center's operator on its database (not in a shard)
 
     def owner(self, device: str) -> list[_Proc]:
         return [w for w in self.workers if device in w.devices]
@@ -222,6 +226,7 @@ async def _start_workers(run: _Run, count: int) -> None:
             broker_port=run.port,
             devices=tuple(chunk),
             nmea_every=run.opts.nmea_every,
+            events_per_hour=run.opts.events_per_hour,
         )
         path = run.workdir / f"worker-{i}.json"
         path.write_text(spec.to_json(), encoding="utf-8")
@@ -378,8 +383,11 @@ async def _drain(run: _Run, progress: ProgressSink) -> bool:
         answers = await asyncio.gather(*(w.ask(AskQueued(), Backlog) for w in run.workers))
         queued = sum(a.queued for a in answers)
         queued += run.docks.queued() if run.docks is not None else 0
-        progress.update(f"draining: {queued} records still on devices", force=False)
-        if queued == 0:
+        waiting = sum(a.attachments for a in answers)
+        progress.update(
+            f"draining: {queued} records and {waiting} attachments still on devices", force=False
+        )
+        if queued == 0 and waiting == 0:
             return True
         await asyncio.sleep(0.5)
     return False
@@ -450,16 +458,22 @@ async def _execute(run: _Run, progress: ProgressSink, wall0: float) -> _Outcome:
         setup_s = time.monotonic() - wall0
         if run.opts.broker is None:
             await _start_center(run)
+            run.desk = FleetDesk(run.workdir / "center.db")
+            run.desk.start()
         if run.docks is not None and run.trust is not None:
             await run.docks.start(run.trust, run.host, run.port)
         shift0 = time.monotonic()
         await _shift(run, progress)
         drained = await _drain(run, progress)
+        if run.desk is not None:
+            await run.desk.finish()  # the last events arrived: the desk closes them
         shift_s = time.monotonic() - shift0
         finals = await asyncio.gather(*(w.ask(Stop(), Final, 120) for w in run.workers))
         if run.docks is not None:  # audited like any device (fleetreport skips them as walkers)
             finals.append(Final(tuple(await run.docks.stop())))
     finally:
+        if run.desk is not None:
+            await run.desk.close()
         if run.docks is not None:
             await run.docks.stop()  # after a failure: the uplinks and drones still go
         if run.opts.broker is None:
@@ -522,6 +536,8 @@ async def run_fleet(opts: FleetOptions, progress: ProgressSink) -> dict[str, Any
             simulated_s=run.simulated_ms / 1000,
             docks=run.docks.report() if run.docks is not None and not shard else None,
         )
+        report["events_per_hour"] = opts.events_per_hour
+        report.update(events_report(done.finals, center_db))
         if opts.html is not None:
             write_html(report, plan, done.finals, opts.plan_dir, opts.html)
         report["workdir"] = str(workdir) if opts.workdir else None

@@ -83,6 +83,7 @@ class WorkerSpec:
     broker_port: int
     devices: tuple[MemberSpec, ...]
     nmea_every: int = 1  # every n-th device speaks NMEA to its parser (0: none)
+    events_per_hour: float = 0.0  # field events per member-hour (simulators/fleetevents.py)
 
     def to_json(self) -> str:
         body = dataclasses.asdict(self)
@@ -108,6 +109,7 @@ class WorkerSpec:
                 for m in raw["devices"]
             ),
             nmea_every=int(raw.get("nmea_every", 1)),
+            events_per_hour=float(raw.get("events_per_hour", 0.0)),
         )
 
 
@@ -247,6 +249,7 @@ class Backlog:
     OP: ClassVar[str] = "queued"
     queued: int
     down: int  # devices off or without a link
+    attachments: int = 0  # field events' attachments not yet complete at the center
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +266,7 @@ class DeviceFinal:
     line: str
     nmea: bool
     nmea_errors: int
+    events: tuple[tuple[int, tuple[str, ...]], ...] = ()  # reported: (seq, digests in hex)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +340,7 @@ def _device_final(d: Json) -> DeviceFinal:
         line=d["line"],
         nmea=bool(d["nmea"]),
         nmea_errors=d["nmea_errors"],
+        events=tuple((int(seq), tuple(map(str, ds))) for seq, ds in d.get("events", ())),
     )
 
 
@@ -344,7 +349,7 @@ _ANSWERS: dict[str, Callable[[Json], Answer]] = {
     At.OP: lambda b: At(b["t_ms"], b["checkins"], b["queued"], b["walking"]),
     Done.OP: lambda b: Done(b.get("sent"), b.get("checkins"), b.get("queued")),
     Positions.OP: lambda b: Positions({d: (p[0], p[1]) for d, p in b["positions"].items()}),
-    Backlog.OP: lambda b: Backlog(b["queued"], b["down"]),
+    Backlog.OP: lambda b: Backlog(b["queued"], b["down"], int(b.get("attachments", 0))),
     Final.OP: lambda b: Final(
         tuple(_device_final(d) for d in b["devices"]),
         b["latency_file"],

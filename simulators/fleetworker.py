@@ -33,10 +33,13 @@ from agent.health import store_agent_health
 from agent.store.outbox import Outbox, Stored
 from agent.uplink.mqtt import BrokerAddress, Uplink, UplinkOptions
 from agent.uplink.sync import SyncCore
+from center.events.catalogue import load as load_catalogue
 from contract.protocol import MAX_BATCH, Batch, records_topic
 from contract.records import RecordType
 from provisioning.device import provision_device
 from provisioning.fleet import Fleet
+from simulators.fieldevents import MemberReports
+from simulators.fleetevents import DeviceEvents
 from simulators.fleetwire import (
     Advance,
     Answer,
@@ -97,6 +100,7 @@ class SimDevice:
     recent: list[bytes] = field(default_factory=list)
     cold_until_ms: int = 0  # no GNSS until then (a restart with the clock reset)
     nmea: bool = True  # through the NMEA text and the parser, or the parsed fix directly
+    events: DeviceEvents | None = None  # the member's field events (set at provisioning)
 
     def checkins(self) -> int:
         now = self.agent.created[RecordType.CHECKIN] if self.agent else 0
@@ -115,6 +119,7 @@ class Worker:
         self.devices: list[SimDevice] = []
         self.latency: list[tuple[str, int, int]] = []  # (device, seq, wall ms stored)
         self.tg: asyncio.TaskGroup | None = None
+        self.catalogue = load_catalogue()  # the categories the center distributes
 
     # -- setting up -----------------------------------------------------------------------
 
@@ -140,6 +145,16 @@ class Worker:
                 start = self.start_ms + rng.randrange(0, 600) * 1000
                 walker = Walker(m.id, self.plan, lines[m.line], rng, start, self.end_ms)
                 d = SimDevice(m.id, m.index, m.tier, cfg, walker)
+                reports = MemberReports.of(
+                    m.id,
+                    m.index,
+                    seed=seed,
+                    rate_per_hour=self.spec.events_per_hour,
+                    start_ms=start,
+                    end_ms=self.end_ms,
+                    catalogue=self.catalogue,
+                )
+                d.events = DeviceEvents(reports, cfg)
                 every = self.spec.nmea_every
                 d.nmea = every > 0 and m.index % every == 0
                 self.devices.append(d)
@@ -151,7 +166,10 @@ class Worker:
             ack_timeout_ms=ACK_TIMEOUT_MS,
             first_batch_id=random.getrandbits(31),
         )
-        return Uplink(outbox, self.broker, core=core, options=replace(UPLINK, tls=d.config.tls))
+        uplink = Uplink(outbox, self.broker, core=core, options=replace(UPLINK, tls=d.config.tls))
+        if d.events is not None:
+            d.events.attach(uplink)  # the attachments go over every connection the device makes
+        return uplink
 
     def _hook(self, d: SimDevice, uplink: Uplink) -> Callable[[Stored], None]:
         """What happens to each stored record: it wakes the uplink, a check-in's wall time
@@ -169,6 +187,8 @@ class Worker:
         """What the daemon does at start: open the outbox, count a boot, make the agent."""
         outbox = Outbox(d.config.outbox_path, d.id)
         outbox.begin_boot()
+        if d.events is not None:
+            d.events.boot(outbox, self.now_ms)
         d.uplink = self._uplink(d, outbox)
         hook = self._hook(d, d.uplink)
         d.agent = DeviceAgent(d.id, d.config.load_key(), self.plan, outbox, on_stored=hook)
@@ -199,6 +219,8 @@ class Worker:
                     continue
                 if (t - d.started_ms) % HEALTH_EVERY_MS == 0 and t >= d.cold_until_ms:
                     self.store_health(d, t)
+                if d.events is not None and d.uplink is not None:
+                    d.events.due(t, d.agent, d.uplink, self.catalogue)
             self.now_ms = t
             await asyncio.sleep(0)  # the uplinks and their acknowledgements run between seconds
 
@@ -223,6 +245,8 @@ class Worker:
         d.created.update(d.agent.created)
         d.nmea_errors += d.agent.parser.stats.bad_checksum + d.agent.parser.stats.malformed
         d.abandoned.append(d.agent.outbox)
+        if d.events is not None:
+            d.events.abandon()
         d.agent = None
 
     def restart(self, d: SimDevice, cold_s: int) -> None:
@@ -277,6 +301,9 @@ class Worker:
     def checkins(self) -> int:
         return sum(d.checkins() for d in self.devices)
 
+    def attachments_waiting(self) -> int:
+        return sum(d.events.waiting() for d in self.devices if d.events is not None)
+
     def final(self) -> Final:
         out = []
         for d in self.devices:
@@ -300,6 +327,7 @@ class Worker:
                         if d.agent is not None
                         else 0
                     ),
+                    events=d.events.final() if d.events is not None else (),
                 )
             )
         path = self.workdir / f"latency-{self.spec.worker}.json"
@@ -331,7 +359,7 @@ class Worker:
                 return Positions({d.id: d.walker.true_position for d in self.devices})
             case AskQueued():
                 down = sum(1 for d in self.devices if not d.alive or not d.link_up)
-                return Backlog(self.queued(), down)
+                return Backlog(self.queued(), down, self.attachments_waiting())
             case Finish():
                 for d in self.devices:
                     if d.agent is not None:
@@ -377,6 +405,8 @@ class Worker:
                 d.agent.outbox.close()
             for box in d.abandoned:
                 box.close()
+            if d.events is not None:
+                d.events.close()
         return final
 
 

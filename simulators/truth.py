@@ -113,12 +113,16 @@ def goals(condition: Condition) -> dict[str, float]:
 
 
 VISIT_CASES = 5  # visits: five times n per condition, the denominator of recall
+# ... and twelve times under cover, where the sky hides about half the stays whole (reported
+# apart): about 6n the receiver could see, at least the 5n of the other conditions
+VISIT_CASES_UNDER_COVER = 12
 EDGE_CASES = 0.2  # ambiguous visits: a fifth of n, reported apart
 
 
-def case_count(behaviour: Behaviour, n: int) -> int:
+def case_count(behaviour: Behaviour, n: int, condition: Condition | None = None) -> int:
     if behaviour is Behaviour.VISIT:
-        return VISIT_CASES * n
+        k = VISIT_CASES_UNDER_COVER if condition is Condition.UNDER_COVER else VISIT_CASES
+        return k * n
     if behaviour is Behaviour.EDGE:
         return max(1, round(EDGE_CASES * n))
     return n
@@ -127,8 +131,9 @@ def case_count(behaviour: Behaviour, n: int) -> int:
 def case_keys(
     n: int, conditions: Sequence[Condition] = tuple(Condition)
 ) -> list[tuple[Behaviour, Condition, int]]:
-    """The cases of a run with `n` per behaviour and condition (5n visits, n/5 EDGE ones)."""
-    return [(b, c, i) for c in conditions for b in Behaviour for i in range(case_count(b, n))]
+    """The cases of a run with `n` per behaviour and condition (5n visits, 12n under cover,
+    n/5 EDGE ones)."""
+    return [(b, c, i) for c in conditions for b in Behaviour for i in range(case_count(b, n, c))]
 
 
 @dataclass(slots=True)

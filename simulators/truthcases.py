@@ -230,6 +230,7 @@ class _Plot:
     visited: bool
     unambiguous: bool
     cover_at: int | None = None  # UNDER_COVER: where the cover starts to shade
+    cover_s: int = 0  # how long the person stays there (0: passes by)
     stand_m: float | None = None
     stand_s: int = 0
     shown: list[Sample] | None = None  # what the receiver is made to see, when not the truth
@@ -270,7 +271,7 @@ def _visit(rng: random.Random, r: float, dwell: float, sigma: float, edge: bool)
     t.stand(stand_s)
     t.walk_to(_polar(rng.uniform(*APPROACH_M), rng.uniform(0, 2 * math.pi)), pace)
     visited = stand_m <= r and stand_s >= dwell
-    return _Plot(t, visited, not edge, cover_at, stand_m, stand_s)
+    return _Plot(t, visited, not edge, cover_at, stand_s, stand_m, stand_s)
 
 
 def _skip(rng: random.Random, r: float, sigma: float) -> _Plot:
@@ -332,7 +333,7 @@ def _linger(rng: random.Random, r: float, dwell: float, sigma: float) -> _Plot:
     cover_at = len(t)
     t.stand(round(2 * dwell))
     t.walk_to(_outward(rng, spot, rng.uniform(*APPROACH_M)), pace)
-    return _Plot(t, False, True, cover_at)
+    return _Plot(t, False, True, cover_at, round(2 * dwell))
 
 
 def _cycle(rng: random.Random, r: float, dwell: float, sigma: float, gated: bool) -> _Plot:
@@ -474,7 +475,7 @@ def make_case(seed: int, behaviour: Behaviour, condition: Condition, index: int)
         Behaviour.SPOOF: lambda: _spoof(rng, r, dwell, sigma, list(SpoofKind)[index % 3]),
     }
     plot = builders[behaviour]()
-    outage = None if plot.cover_at is None else draw_outage(model, rng, plot.cover_at)
+    outage = None if plot.cover_at is None else draw_outage(model, rng, plot.cover_at, plot.cover_s)
     if outage is not None:  # the person comes out from under the cover, fixes come back
         plot.track.carry_on(outage[1] + 30)
     shown = plot.shown if plot.shown is not None else plot.track.samples

@@ -23,6 +23,13 @@ def run_folder(
     if wanted is None:
         made = tempfile.TemporaryDirectory(prefix=prefix, dir=temp_parent)
         return Path(stack.enter_context(made))
+    try:
+        str(wanted).encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(
+            f"{wanted!r} is not UTF-8: the broker's configuration cannot name it; "
+            "use a folder whose name is UTF-8"
+        ) from None
     if wanted.exists() and not wanted.is_dir():
         raise error(f"{wanted} is not a folder: name a new or empty folder for the run's files")
     try:

@@ -45,6 +45,8 @@ def at_bound(kind: b.Kind) -> list[object]:
     if s is b.Shape.BYTES_OR_UINT:
         assert kind.item is not None
         return [b"x" * kind.high, kind.item.high]
+    if s is b.Shape.TUPLE:  # every position at its low bound, then at its high one
+        return [[at_bound(k)[0] for k in kind.items], [at_bound(k)[-1] for k in kind.items]]
     assert kind.item is not None
     return [[at_bound(kind.item)[-1]] * kind.high, [at_bound(kind.item)[0]] * kind.low]
 
@@ -63,6 +65,11 @@ def past_bound(kind: b.Kind) -> list[object]:
     if s is b.Shape.BYTES_OR_UINT:
         assert kind.item is not None
         return [b"x" * (kind.high + 1), kind.item.high + 1, -1]
+    if s is b.Shape.TUPLE:  # one position past its bound (each in turn), one item short
+        ok = at_bound(kind)[-1]
+        assert isinstance(ok, list)
+        bad = [[*ok[:i], past_bound(k)[1], *ok[i + 1 :]] for i, k in enumerate(kind.items)]
+        return [*bad, ok[:-1], ok[0]]
     assert kind.item is not None
     item_ok, item_bad = at_bound(kind.item)[-1], past_bound(kind.item)[1]
     return [[item_ok] * (kind.high + 1), [item_bad], item_ok]
@@ -122,6 +129,24 @@ def _minimal(rtype: RecordType) -> dict[int, object]:
     return body
 
 
+def _event_fits(body: dict[int, object]) -> dict[int, object]:
+    """An event body changed to keep the rules after the table: distinct digests, a place
+    with a position (and an accuracy only for the device's fix) or none."""
+    attached = body.get(22)
+    if isinstance(attached, list):  # the same valid digest repeated: made distinct
+        body[22] = [
+            [a[0], bytes([i]) * 32, a[2]] if isinstance(a, list) and a[1:2] == [b"x" * 32] else a
+            for i, a in enumerate(attached)
+        ]
+    place = body.get(18)
+    if place == 2:
+        for k in (19, 20, 21):
+            body.pop(k, None)
+    elif place == 1:
+        body.pop(21, None)
+    return body
+
+
 def _placed(rtype: RecordType, key: int, value: object) -> dict[int, object]:
     body = _minimal(rtype)
     body[key] = value
@@ -131,6 +156,8 @@ def _placed(rtype: RecordType, key: int, value: object) -> dict[int, object]:
             key, (1, 0, value)
         )
         body.update({16: count, 17: first, 18: last})
+    if rtype is RecordType.EVENT:
+        _event_fits(body)
     return body
 
 

@@ -122,9 +122,12 @@ ANCHORS: dict[Path_, dict[str, str]] = {
 # the machine's device folder (/var/lib/picket as root).
 ALWAYS = {"dir"}
 NEW_FOLDER = {"missing", "directory", "emptystr"}  # "" is the current folder
+# "-1", "0", "nan" and a huge number are good names for a new folder too: a run, not
+# input to refuse
+RUN_FOLDER = NEW_FOLDER | {"negative", "zero", "nan", "huge"}
 LEGIT: dict[Path_, dict[str, set[str]]] = {
-    ("demo",): {"workdir": NEW_FOLDER},
-    ("sim", "dock"): {"workdir": NEW_FOLDER},
+    ("demo",): {"workdir": RUN_FOLDER},
+    ("sim", "dock"): {"workdir": RUN_FOLDER},
     ("sim", "district"): {"out": NEW_FOLDER},
     ("sim", "fleet"): {"plan": {"emptystr"}},  # the current folder may hold a district
     ("bench", "checkins"): {"seed": {"huge", "negative", "zero"}},

@@ -216,7 +216,7 @@ INVALID: dict[str, tuple[dict[int, object], str]] = {
     ),
     "setting out of range": ({**_header(), 16: {"report_interval_s": 1}}, "10..86400"),
     "no settings": ({**_header(), 16: {}}, "map of settings"),
-    "unknown type": ({**_header(9)}, "unknown command type 9"),
+    "unknown type": ({**_header(99)}, "unknown command type 99"),
     "unknown key": ({**_header(2), 16: CHALLENGE, 21: 1}, "unknown key 21"),
     "short challenge": ({**_header(2), 16: b"\x01"}, "16 bytes"),
     "empty reminder": ({**_header(3), 16: ""}, "reminder"),

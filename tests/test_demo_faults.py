@@ -1,5 +1,6 @@
-"""`picket demo --faults`: the fleet keeps every record through broker, agent, center and
-link faults, and the plan of faults is drawn from the seed."""
+"""`picket demo --faults`: the fleet keeps every record, and every field event's photos and
+notes, through broker, agent, center and link faults, and the plan of faults is drawn from
+the seed."""
 
 from __future__ import annotations
 
@@ -66,7 +67,14 @@ async def test_demo_with_faults_loses_and_duplicates_nothing(
     tmp_path: Path, faults: tuple[FaultKind, ...]
 ) -> None:
     report = await run_demo(
-        DemoOptions(devices=10, minutes=30, seed=11, workdir=tmp_path / "demo", faults=faults),
+        DemoOptions(
+            devices=10,
+            minutes=30,
+            seed=11,
+            workdir=tmp_path / "demo",
+            faults=faults,
+            events_per_hour=2,  # about ten reports while the faults strike
+        ),
         Progress(quiet=True),
     )
     injected = report["faults_injected"]
@@ -78,6 +86,13 @@ async def test_demo_with_faults_loses_and_duplicates_nothing(
     assert report["records_duplicated"] == 0
     assert report["records_delivered"] == report["records_created"] == report["records_verified"]
     assert report["records_refused"] == 0
+    # field events: every report at the center, every attachment whole (digest checked)
+    reported = report["events_reported"]
+    assert isinstance(reported, int) and reported >= 1
+    assert report["events_delivered"] == reported
+    assert report["attachments_lost"] == 0
+    assert report["attachments_delivered"] == report["attachments_reported"]
+    assert report["events_closed"] == reported
     expected, recorded = report["checkins_expected"], report["checkins_recorded"]
     assert isinstance(expected, int) and isinstance(recorded, int)
     if FaultKind.AGENT_KILL in faults:  # a killed agent forgets a visit in progress

@@ -44,6 +44,7 @@ from center.ingest import Ingest
 from center.service import KeyCache
 from center.store import CenterStore
 from contract.commands import CommandType, Priority
+from contract.events import Attachment, AttachmentKind, PlaceSource, event_body
 from contract.fix import Fix, FixMode, TimeSource
 from contract.protocol import Batch, records_topic, relayed_topic
 from contract.records import (
@@ -302,6 +303,16 @@ def _state(at: int) -> dict[int, object]:
     return dock_state_body(change)
 
 
+_EVENT = event_body(
+    101,
+    place=PlaceSource.FIX,
+    lat=LAT0,
+    lon=LON0,
+    accuracy_m=4.0,
+    attachments=[Attachment.of(AttachmentKind.PHOTO, b"\xff\xd8 a photo")],
+)
+
+
 def _mission(command: int, outcome: int, at: int) -> dict[int, object]:
     summary = MissionSummary(
         at, "A1", command, Priority.ROUTINE, MissionOutcome(outcome), ("A", "B"), (), 300, 12
@@ -367,6 +378,12 @@ CASES = {
         (_mission(40, 0, T0), T0),
         (_mission(41, 0, T0), T0),
         (_mission(40, 2, T0 + MIN), T0 + MIN),
+    ),
+    Kind.EVENT: Case(
+        RecordType.EVENT,
+        (_EVENT, T0),
+        (_EVENT, T0 + MIN),  # the pile still there a minute later: reported again
+        (_EVENT, T0 + 30_000),  # sent twice within the minute
     ),
 }
 

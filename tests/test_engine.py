@@ -264,9 +264,9 @@ def stay_mostly_poor(tr: Track) -> None:
 
 def stay_with_gap(gap_s: float) -> Callable[[Track], None]:
     def build(tr: Track) -> None:
-        tr.stand(35, 3.0)
+        tr.stand(2, 3.0)  # two fixes before the silence: no evidence on their own
         tr.pause(gap_s - 1)
-        tr.stand(35, 3.0)
+        tr.stand(35, 3.0)  # 34 s after it: less than the dwell
 
     return build
 

@@ -82,7 +82,7 @@ def test_a_gap_of_exactly_max_gap_s_keeps_the_visit_visited_one_second_more_does
     for gap_s, verdict in ((gap, Verdict.VISITED), (gap + 1, Verdict.UNCERTAIN)):
         tr = Track()
         tr.stand(5, 36.0)  # outside radius and margin
-        tr.stand(40, 2.0)
+        tr.stand(2, 2.0)  # two fixes before the silence: no evidence on their own
         tr.pause(gap_s - 1)  # the next fix comes gap_s after the last
         tr.stand(40, 2.0)
         tr.stand(EXIT_FIXES, 36.0)
@@ -315,7 +315,7 @@ def test_poor_fixes_spanning_exactly_the_dwell_are_an_uncertain_check_in() -> No
 def test_a_gap_a_tenth_of_a_second_over_max_gap_s_makes_the_visit_uncertain() -> None:
     tr = Track()
     tr.stand(3, 36.0)
-    tr.stand(40, 2.0)
+    tr.stand(2, 2.0)  # two fixes before the silence: no evidence on their own
     tr.t += int(MAX_GAP_S * 1000) + 100 - 1000  # the next fix 120.1 s after the last
     tr.stand(40, 2.0)
     tr.stand(EXIT_FIXES, 36.0)

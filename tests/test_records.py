@@ -18,6 +18,7 @@ from agent.checkin.engine import CheckinEvent
 from agent.checkin.plan import Point
 from contract.cose import sign1
 from contract.errors import RecordError
+from contract.events import PlaceSource, event_body
 from contract.fix import Fix, Quality, TimeSource
 from contract.records import (
     TYPE_NAMES,
@@ -340,6 +341,10 @@ BODIES: dict[RecordType, dict[int, object]] = {
         22: 37,
         23: 2,
     },
+    # an event without attachments: each adds 41 bytes (tests/test_events_contract.py)
+    RecordType.EVENT: event_body(
+        1203, catalogue=3, place=PlaceSource.FIX, lat=29.2650213, lon=106.2550472, accuracy_m=3.5
+    ),
 }
 
 

@@ -99,11 +99,12 @@ def ec_public(key: ec.EllipticCurvePublicKey | object) -> bytes:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file and folder of a device (its outbox aside): content and mode."""
+    """Every file and folder of a device (its outbox and attachment store aside, which
+    any run writes): content and mode."""
     return {
         str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"", p.stat().st_mode)
         for p in sorted(folder.rglob("*"))
-        if not p.name.startswith("outbox.db")
+        if not p.name.startswith(("outbox.db", "attachments.db"))
     }
 
 

@@ -22,8 +22,13 @@ lingering at the edge is outside half the time); `visited` when good fixes alone
 that, for at least GOOD_MIN_S and for at least as long as poor ones, and the stay is inside
 even if the receiver is off towards the point by what it cannot see (the error budget:
 `bias_allowance`, docs/engine.md); `uncertain` when it would be inside only were the
-receiver off the other way, when only poor fixes show it, or when it overlaps a suspicion
-or has a gap longer than MAX_GAP_S. Where a point sets max_speed_mps, a visit whose
+receiver off the other way, when only poor fixes show it, or when it overlaps a suspicion.
+A silence longer than MAX_GAP_S (an arcade, a doorway) splits the visit's evidence into
+sides: it stays `visited` only when the sides that prove the stay on their own (good fixes
+inside for GOOD_MIN_S, as long as the poor ones, inside by the error budget) agree on where
+the person stood (their median positions within one radius) and span the dwell between
+them; a stray fix on one side counts for nothing, so a fix before and a fix after a long
+silence are `uncertain`. Where a point sets max_speed_mps, a visit whose
 90th-percentile speed (by time) exceeds it is a drive-by, never a check-in.
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from agent.checkin.geo import distance_m
 from agent.checkin.plan import Point
@@ -44,7 +50,7 @@ EXIT_FIXES = math.ceil(EXIT_S * 1000 / CREDIT_MS)  # ... so never fewer fixes th
 EXIT_MARGIN_M = 5.0  # or 20 % of the radius, whichever is larger
 ACCURACY_FRACTION = 0.75  # accuracy worse than 3/4 of the radius: no evidence either way
 GOOD_MIN_S = 3.0  # `visited` needs good fixes standing for at least this long
-MAX_GAP_S = 120.0  # a visit with a longer gap between its fixes is uncertain
+MAX_GAP_S = 120.0  # a longer silence splits a visit's evidence into sides, each proven alone
 # The error budget: what the receiver may be wrong by without saying so, per metre of the
 # accuracy it claims (docs/engine.md). HDOP x UERE is geometry alone, blind to a facade's
 # reflection; GST is the receiver's own estimate from its residuals, which grows with it.
@@ -67,17 +73,18 @@ class Visit:
     speeds: list[float] = field(default_factory=list)
     speed_w: list[int] = field(default_factory=list)
     outside_ms: int = 0  # time of good fixes beyond the margin since the last fix inside
-    max_gap_ms: int = 0
     suspect: bool = False
     inside: int = 0  # fixes inside the radius (good or poor)
     good: list[Fix] = field(default_factory=list)  # the good fixes, for the error budget
+    # before each silence over MAX_GAP_S: how many good and poor fixes came before it
+    breaks: list[tuple[int, int]] = field(default_factory=list)
 
     def clone(self) -> Visit:
         return Visit(
             self.first_ms, self.last_ms, self.good_first_ms, self.good_last_ms, self.best,
             self.best_d, list(self.good_d), list(self.good_w), list(self.poor_d),
             list(self.poor_w), list(self.speeds), list(self.speed_w), self.outside_ms,
-            self.max_gap_ms, self.suspect, self.inside, list(self.good),
+            self.suspect, self.inside, list(self.good), list(self.breaks),
         )  # fmt: skip
 
 
@@ -155,7 +162,8 @@ def observe(  # noqa: PLR0917 - one fix as the engine sees it, in its order
     elif good and (d > p.radius_m + exit_margin(p) or not in_band):
         v.outside_ms += weight_ms
         return v.outside_ms >= EXIT_S * 1000
-    v.max_gap_ms = max(v.max_gap_ms, t - v.last_ms)
+    if t - v.last_ms > MAX_GAP_S * 1000:
+        v.breaks.append((len(v.good_d), len(v.poor_d)))
     v.last_ms = t
     if t <= quarantine_until:
         v.suspect = True
@@ -189,6 +197,55 @@ def bias_allowance(good: Sequence[Fix]) -> float:
         [(f.accuracy_m or 0.0) * (BIAS_PER_GST_M if f.accuracy_from_gst else BIAS_PER_HDOP_M)
          for f in good]
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Side:
+    """The good fixes inside between two long silences, when they prove the stay alone."""
+
+    first_ms: int
+    last_ms: int
+    lat: float
+    lon: float
+
+
+def _side(v: Visit, p: Point, good: tuple[int, int], poor: tuple[int, int]) -> _Side | None:
+    """The side of a visit made of its good fixes `good` and poor fixes `poor` (slices of
+    its lists), if it proves the stay on its own: good fixes inside the radius standing for
+    at least GOOD_MIN_S, good ones for at least as long as poor ones, and their median
+    distance inside by the error budget."""
+    ds, ws, fixes = v.good_d[slice(*good)], v.good_w[slice(*good)], v.good[slice(*good)]
+    inside = [(f, w) for f, d, w in zip(fixes, ds, ws, strict=True) if d <= p.radius_m]
+    inside_ms = sum(w for _, w in inside)
+    if inside_ms < GOOD_MIN_S * 1000 or sum(ws) < sum(v.poor_w[slice(*poor)]):
+        return None
+    if weighted_median(ds, ws) + bias_allowance(fixes) > p.radius_m:
+        return None
+    first, last = inside[0][0].time_ms, inside[-1][0].time_ms
+    assert first is not None and last is not None
+    return _Side(
+        first,
+        last,
+        weighted_median([f.lat for f in fixes], ws),
+        weighted_median([f.lon for f in fixes], ws),
+    )
+
+
+def proven_span(v: Visit, p: Point) -> tuple[int, int] | None:
+    """For a visit split by silences over MAX_GAP_S: from the first to the last good fix
+    inside of the sides that prove the stay alone (`_side`), when those sides agree on
+    where the person stood (each median position within one radius of the one before);
+    None when no side proves it or two disagree."""
+    bounds = [(0, 0), *v.breaks, (len(v.good_d), len(v.poor_d))]
+    sides: list[_Side] = []
+    for (g0, p0), (g1, p1) in pairwise(bounds):
+        side = _side(v, p, (g0, g1), (p0, p1))
+        if side is None:
+            continue
+        if sides and distance_m(sides[-1].lat, sides[-1].lon, side.lat, side.lon) > p.radius_m:
+            return None
+        sides.append(side)
+    return (sides[0].first_ms, sides[-1].last_ms) if sides else None
 
 
 def judge(v: Visit, p: Point) -> Judged | None:
@@ -227,6 +284,12 @@ def judge(v: Visit, p: Point) -> Judged | None:
         verdict = Verdict.UNCERTAIN
     if verdict is None:
         return None
-    if verdict is Verdict.VISITED and (v.suspect or v.max_gap_ms > MAX_GAP_S * 1000):
+    if verdict is Verdict.VISITED and v.breaks:  # the evidence across a long silence
+        span = proven_span(v, p)
+        if span is None or span[1] - span[0] < dwell_ms:
+            verdict = Verdict.UNCERTAIN
+        else:
+            arrival, departure = span
+    if verdict is Verdict.VISITED and v.suspect:
         verdict = Verdict.UNCERTAIN
     return Judged(verdict, arrival, departure)

@@ -41,6 +41,7 @@ from pathlib import Path
 from agent.checkin.device import DeviceAgent
 from agent.checkin.plan import AgendaItem, Assignment, Plan
 from agent.errors import StorageError
+from agent.events.mine import MyEvents
 from agent.gnss.timekeeper import Stamp
 from agent.identity import rotation
 from agent.store.cmdfloor import read_floor, write_floor
@@ -48,6 +49,7 @@ from agent.store.outbox import Builder, Built, Stored
 from agent.store.schema import SQL_INT_MAX
 from contract.commands import (
     DOCK_COMMANDS,
+    EVENT_COMMANDS,
     Command,
     CommandVerifier,
     ConfigChange,
@@ -62,6 +64,7 @@ from contract.commands import (
     read_stored,
 )
 from contract.errors import LocalError, RecordError
+from contract.eventcommands import Catalogue, EventStatus
 from contract.records import ChainPosition, Outcome, RecordType, build, receipt_body, rollcall_body
 
 __all__ = ["CommandExecutor", "CommandStats", "Handled", "bundle_agenda"]
@@ -136,6 +139,7 @@ class CommandExecutor:
         self._on_rotated = on_rotated
         self.floor_path: Path | None = None  # `keep_floor`: the floor kept beside the keys
         self._file_floor = 0
+        self.events: MyEvents | None = None  # the device's own events (agent/events/mine.py)
 
     # -- the replay floor ----------------------------------------------------------------------
 
@@ -206,6 +210,10 @@ class CommandExecutor:
             self.settings = self.settings.apply(body)
         elif isinstance(body, Reminder):
             self.reminders.append((command, body))
+        elif self.events is not None and isinstance(body, Catalogue):  # newer versions only
+            self.events.apply_catalogue(body)
+        elif self.events is not None and isinstance(body, EventStatus):  # idempotent
+            self.events.apply_status(command.number, body)
 
     def _apply(self, command: Command, now_ms: int) -> None:
         """The side effects of a command just carried out (and committed)."""
@@ -263,6 +271,8 @@ class CommandExecutor:
             return bundle_problem(self.agent.plan, command.body)
         if command.type in DOCK_COMMANDS:
             return "this device is not a dock"
+        if command.type in EVENT_COMMANDS and self.events is None:
+            return "not handled by this device yet"
         return None
 
     def _answer(

@@ -10,10 +10,13 @@ are deleted and, in the same transaction, a signed DROPPED record says what went
 policy is agent/store/eviction.py). `pending` serves alerts first, then the records that
 are never evicted, then evictable ones, each oldest first.
 
-**Where the rest is.** The file's layout is agent/store/schema.py; what happens when the
-file is damaged or lost (the sidecar that keeps sequence numbers from repeating, damaged
-files moved aside, the chain resumed) is agent/store/recovery.py. This module is the
-opening sequence that ties them together and the API the agent calls.
+**Where the rest is.** Opening the file, and the chain taken up or begun again after a loss,
+is agent/store/opening.py; what it does when the file is damaged or lost (the sidecar that
+keeps sequence numbers from repeating, damaged files moved aside, the chain resumed) is
+agent/store/recovery.py and agent/store/salvage.py; the file's layout is
+agent/store/schema.py; the size cap's policy agent/store/eviction.py; the table of answered
+commands agent/store/answered.py. This module is the API the agent calls: numbering,
+storing, serving, settling and evicting records.
 
 **Chain state.** The newest row is the chain state: the next record takes its sequence
 number + 1 and the hash of its bytes. An append therefore writes its rows and nothing else
@@ -29,12 +32,9 @@ stored before stays readable, and once space is freed the next append takes the 
 number. Calls are short and synchronous (one commit per call, well under a millisecond on
 flash); the asyncio drivers call them inline.
 
-**Commands.** The table `commands` holds every command from the center this device has
-answered (agent/commands/executor.py, docs/commands.md): its number, type, outcome and
-signed bytes. `answer_command` writes that row and the command's records (its receipt, and
-a roll call's answer) in one transaction, so a command is answered exactly once, even
-across a crash: its highest number is the replay floor. The rest of the outbox never reads
-the table.
+**Commands.** `answer_command` writes a command's row (agent/store/answered.py) and its
+records (its receipt, and a roll call's answer) in one transaction, so a command is answered
+exactly once, even across a crash: its highest number is the replay floor.
 """
 
 from __future__ import annotations
@@ -49,36 +49,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.errors import StorageError
+from agent.store import answered
+from agent.store.answered import AnsweredCommand
 from agent.store.eviction import evict, priority
-from agent.store.recovery import (
-    RESERVE_BLOCK,
-    Reservation,
-    Salvage,
-    aside_path,
-    inspect,
-    move_aside,
-    read_reserve,
-    resume_chain,
-    write_reserve,
-)
-from agent.store.salvage import Rescue, SalvageReport, past, rescue
+from agent.store.opening import held_bytes, open_outbox, read_chain
+from agent.store.recovery import RESERVE_BLOCK
 from agent.store.schema import (
-    INDEXES,
     INSERT,
     INSERT_CHUNK,
     PENDING,
     SET_CHAIN,
     SET_META,
     SQL_INT_MAX,
-    TABLES,
     Priority,
-    chain_in,
     insert_sql,
     storage_error,
     transaction,
 )
 from contract.fix import TimeSource
-from contract.keyfiles import check_replaceable
 from contract.records import ChainPosition, Eviction, RecordType, build, chain_hash
 
 if TYPE_CHECKING:
@@ -86,6 +74,8 @@ if TYPE_CHECKING:
         Ed25519PrivateKey,
         Ed25519PublicKey,
     )
+
+__all__ = ["AnsweredCommand", "Builder", "Built", "EvictionBuilder", "Outbox", "Stored", "signed"]
 
 log = logging.getLogger(__name__)
 
@@ -106,30 +96,31 @@ class Built:
     raw: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class AnsweredCommand:
-    """A row of `commands`: a command from the center this device answered."""
-
-    number: int
-    type: int
-    outcome: int  # contract.records.Outcome
-    reason: str | None
-    time_ms: int
-    command: bytes  # the signed command, as received
-    receipt: int  # the sequence number of its receipt record
-
-
 Builder = Callable[[ChainPosition], Built]
 EvictionBuilder = Callable[[ChainPosition, Eviction], Built]
 
 
-def signed(key: Ed25519PrivateKey, device: str, rtype: RecordType, *, time_ms: int,
-           source: TimeSource, body: Mapping[int, object]) -> Builder:  # fmt: skip
+def signed(
+    key: Ed25519PrivateKey,
+    device: str,
+    rtype: RecordType,
+    *,
+    time_ms: int,
+    source: TimeSource,
+    body: Mapping[int, object],
+) -> Builder:
     """The builder of one record: signed by `key` once the outbox has numbered it."""
 
     def make(pos: ChainPosition) -> Built:
-        raw = build(key, device=device, chain=pos, rtype=rtype, time_ms=time_ms,
-                    time_source=source, body=body)  # fmt: skip
+        raw = build(
+            key,
+            device=device,
+            chain=pos,
+            rtype=rtype,
+            time_ms=time_ms,
+            time_source=source,
+            body=body,
+        )
         return Built(rtype, time_ms, raw)
 
     return make
@@ -153,173 +144,18 @@ class Outbox:
         self.device = device
         self.cap_bytes = cap_bytes
         self.evicted = 0  # records removed by the cap since this outbox was opened
-        self.recovered_from: Path | None = None
-        self.salvage: SalvageReport | None = None  # records put back, not yet reported
         self._on_evict = on_evict
-        self._keys = tuple(keys)
         self._cap_warned = False
-        try:  # a device or a folder is never opened, moved aside or replaced as an outbox
-            check_replaceable(path)
-        except OSError as exc:
-            raise StorageError(f"outbox {path}: {exc.strerror}") from exc
-        reserve = read_reserve(path, device)
-        damage, salvaged = inspect(path)
-        unsalvaged = None  # a damaged file moved aside by a start killed before its salvage
-        if reserve is not None and reserve.salvage is not None:
-            unsalvaged = path.with_name(reserve.salvage)
-        if damage is not None:
-            dest = aside_path(path)  # named in the sidecar first: a kill cannot lose it
-            top = (reserve.boot, reserve.seq_limit) if reserve else (0, 1)
-            if salvaged is not None:
-                top = (max(top[0], salvaged.boot), max(top[1], salvaged.seq))
-            write_reserve(path, device, *top, salvage=dest.name)
-            self.recovered_from = unsalvaged = move_aside(path, dest)
-            log.error(
-                "outbox %s is damaged (%s): moved aside to %s; a new outbox begins",
-                path, damage, self.recovered_from,
-            )  # fmt: skip
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._error("cannot open", exc) from exc
-        try:
-            self._prepare()
-            chain = self._read_chain()
-            known = chain is not None
-            if chain is None:
-                if unsalvaged is not None and unsalvaged.exists():
-                    self.recovered_from = unsalvaged
-                chain = self._begin_chain(reserve, salvaged)  # writes the sidecar first
-            self.salvage = SalvageReport.from_json(self._meta("salvage"))
-            self._boot, self._next_seq, self._prev = chain.boot, chain.seq, chain.prev
-            held = self._db.execute("SELECT total(length(raw)) FROM outbox").fetchone()[0]
-            self._held = int(held)
-            if known:
-                self._keep_reserve(reserve)
-        except BaseException:
-            self._db.close()
-            raise
-
-    # -- opening -----------------------------------------------------------------------
-
-    def _prepare(self) -> None:
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            with self._tx():
-                for statement in TABLES:
-                    self._db.execute(statement)
-                columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
-                if "priority" not in columns:  # an outbox from before priorities
-                    self._db.execute(
-                        "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1"
-                    )
-                    self._db.execute(
-                        "UPDATE outbox SET priority = 0 WHERE type = ?", (RecordType.ALERT,)
-                    )
-                for statement in INDEXES:
-                    self._db.execute(statement)
-        except sqlite3.Error as exc:
-            raise self._error("cannot open", exc) from exc
-
-    def _read_chain(self) -> ChainPosition | None:
-        meta = dict(self._db.execute("SELECT k, v FROM meta").fetchall())
-        owner = meta.get("device")
-        if owner is None:
-            return None
-        if owner != self.device:
-            raise StorageError(f"{self.path} belongs to device {owner!r}, not {self.device!r}")
-        chain = chain_in(self._db, meta)
-        if chain is None:
-            raise StorageError(f"outbox {self.path}: chain state is damaged: {meta!r}")
-        return chain
-
-    def _begin_chain(self, reserve: Reservation | None, salvaged: Salvage | None) -> ChainPosition:
-        """A database without chain state: brand new, or begun again after a loss. After a
-        loss, what the damaged file still holds is put back in the same transaction."""
-        source = self.recovered_from
-        found = None if source is None else rescue(source, self.device, self._keys)
-        chain = resume_chain(self.path, reserve, past(salvaged, found), source is not None)
-        marker = None if source is None else source.name
-        self._write_reserve(chain.boot, chain.seq, marker)  # before any record can use them
-        try:
-            with self._tx():
-                self._db.executemany(
-                    SET_META,
-                    [
-                        ("device", self.device),
-                        ("boot", chain.boot),
-                        ("next_seq", chain.seq),
-                        ("prev", chain.prev),
-                    ],
-                )
-                if source is not None and found is not None:
-                    top = None if salvaged is None else salvaged.seq - 1
-                    self._put_back(found, found.report(source.name, top))
-        except sqlite3.Error as exc:
-            raise self._error("cannot create", exc) from exc
-        if marker is not None:
-            try:  # the records are back: the sidecar need not name the file any more
-                self._write_reserve(chain.boot, chain.seq)
-            except StorageError as exc:
-                log.warning("%s", exc)
-        return chain
-
-    def _put_back(self, found: Rescue, report: SalvageReport | None) -> None:
-        """The rescued records as pending, with their own numbers and bytes; their commands,
-        the last known time and what the daemon must report. Inside `_begin_chain`'s tx."""
-        self._db.executemany(
-            "INSERT OR IGNORE INTO outbox (seq, type, time_ms, raw, refused, priority)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (r.header.seq, r.header.type, r.header.time_ms, r.raw, r.refused, r.priority)
-                for r in found.records
-            ],
-        )
-        self._db.executemany(
-            "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?)", found.commands
-        )
-        if found.time_ms is not None:
-            self._db.execute(SET_META, ("time_ms", found.time_ms))
-        if report is not None:
-            self._db.execute(SET_META, ("salvage", report.to_json()))
-        log.error(
-            "outbox %s: %d records put back from %s; %s",
-            self.path, len(found.records), self.recovered_from,
-            "nothing known lost" if report is None or not report.lost
-            else f"{report.lost} lost between {report.first} and {report.last}",
-        )  # fmt: skip
-
-    def _keep_reserve(self, reserve: Reservation | None) -> None:
-        """Make the sidecar cover what the database holds (it is missing on first use)."""
-        if (
-            reserve is not None
-            and reserve.boot >= self._boot
-            and reserve.seq_limit >= self._next_seq
-        ):
-            self._reserve_boot, self._seq_limit = reserve.boot, reserve.seq_limit
-            return
-        self._reserve_boot = max(self._boot, reserve.boot if reserve else 0)
-        self._seq_limit = 0  # the next append writes it, if this attempt fails
-        if reserve is not None:
-            log.warning("outbox %s: sidecar %s was behind the database", self.path, reserve)
-        try:
-            self._write_reserve(self._reserve_boot, self._next_seq + RESERVE_BLOCK)
-        except StorageError as exc:
-            log.warning("%s", exc)
-
-    def _write_reserve(self, boot: int, seq_limit: int, salvage: str | None = None) -> None:
-        write_reserve(self.path, self.device, boot, seq_limit, salvage)
-        self._reserve_boot, self._seq_limit = boot, seq_limit
+        opened = open_outbox(path, device, tuple(keys))
+        self.recovered_from = opened.recovered_from  # the damaged file records came back from
+        self.salvage = opened.salvage  # records put back, not yet reported
+        self._db, self._sidecar, self._held = opened.db, opened.sidecar, opened.held
+        self._boot, self._next_seq, self._prev = opened.chain
 
     # -- helpers -------------------------------------------------------------------------
 
     def _error(self, what: str, exc: sqlite3.Error | OSError) -> StorageError:
         return storage_error(self.path, what, exc)
-
-    def _meta(self, key: str) -> object:
-        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
-        return None if row is None else row[0]
 
     def _tx(self) -> contextlib.AbstractContextManager[None]:
         return transaction(self._db)
@@ -327,11 +163,10 @@ class Outbox:
     def _resync(self) -> None:
         """After a failed write, believe the file: a commit may fail after it became durable."""
         with contextlib.suppress(sqlite3.Error, StorageError):
-            chain = self._read_chain()
+            chain = read_chain(self._db, self.path, self.device)
             if chain is not None:
-                self._boot, self._next_seq, self._prev = chain.boot, chain.seq, chain.prev
-            row = self._db.execute("SELECT total(length(raw)) FROM outbox").fetchone()
-            self._held = int(row[0])
+                self._boot, self._next_seq, self._prev = chain
+            self._held = held_bytes(self._db)
 
     # -- the interface -------------------------------------------------------------------
 
@@ -359,8 +194,9 @@ class Outbox:
 
     def begin_boot(self) -> int:
         """Count one more start of the agent; records carry it as key 3. Never repeats."""
-        boot = max(self._boot, self._reserve_boot) + 1
-        self._write_reserve(boot, max(self._seq_limit, self._next_seq))
+        sidecar = self._sidecar
+        boot = max(self._boot, sidecar.boot) + 1
+        sidecar.write(boot, max(sidecar.seq_limit, self._next_seq))
         try:
             with self._tx():
                 self._db.execute(SET_META, ("boot", boot))
@@ -449,8 +285,9 @@ class Outbox:
                         added += len(eviction[1].raw) - eviction[0].bytes
                         prev = chain_hash(eviction[1].raw)
                         seq += 1
-                if seq > self._seq_limit:
-                    self._write_reserve(self._reserve_boot, seq + RESERVE_BLOCK)
+                sidecar = self._sidecar
+                if seq > sidecar.seq_limit:
+                    sidecar.write(sidecar.boot, seq + RESERVE_BLOCK)
         except sqlite3.Error as exc:
             self._resync()
             raise self._error("cannot store record", exc) from exc
@@ -462,8 +299,13 @@ class Outbox:
         if self.cap_exceeded:
             level = logging.DEBUG if self._cap_warned else logging.WARNING
             self._cap_warned = True
-            log.log(level, "outbox %s: %d bytes held, over the cap of %d, and too little to evict",
-                    self.path, self._held, self.cap_bytes)  # fmt: skip
+            log.log(
+                level,
+                "outbox %s: %d bytes held, over the cap of %d, and too little to evict",
+                self.path,
+                self._held,
+                self.cap_bytes,
+            )
         return out
 
     def _evict(
@@ -541,8 +383,7 @@ class Outbox:
 
     def last_command(self) -> int:
         """The highest number of a command answered here (0: none yet): the replay floor."""
-        row = self._db.execute("SELECT max(number) FROM commands").fetchone()
-        return int(row[0] or 0)
+        return answered.last(self._db)
 
     def answer_command(
         self,
@@ -559,12 +400,11 @@ class Outbox:
         transaction: after a crash both are durable or neither is."""
         if not builds:
             raise ValueError("a command is answered with at least its receipt")
-        if not 0 <= number <= SQL_INT_MAX or not 0 <= command_type <= SQL_INT_MAX:
-            raise ValueError(f"command {number} (type {command_type}) cannot be stored")
         receipt = self._next_seq + len(builds) - 1
-        row = (number, command_type, outcome, reason, time_ms, command, receipt)
-        insert = "INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?, ?)"
-        return self._append(tuple(builds), False, (insert, row))
+        row = answered.row(
+            AnsweredCommand(number, command_type, outcome, reason, time_ms, command, receipt)
+        )
+        return self._append(tuple(builds), False, row)
 
     def report_salvage(self, build: Builder | None) -> Stored | None:
         """Append the record that states `salvage` (a DROPPED record, agent/health.py) and
@@ -587,12 +427,7 @@ class Outbox:
 
     def answered_commands(self, command_type: int | None = None) -> list[AnsweredCommand]:
         """Commands answered here (of one type, if given), oldest number first."""
-        sql = "SELECT number, type, outcome, reason, time_ms, command, receipt FROM commands"
-        params: tuple[int, ...] = ()
-        if command_type is not None:
-            sql, params = sql + " WHERE type = ?", (command_type,)
-        rows = self._db.execute(sql + " ORDER BY number", params).fetchall()
-        return [AnsweredCommand(*row) for row in rows]
+        return answered.listed(self._db, command_type)
 
     def depth(self) -> int:
         """How many records wait to be sent (refused ones are not counted)."""

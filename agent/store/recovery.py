@@ -163,8 +163,13 @@ def resume_chain(
     unsafe = "" if reserve else "; no sidecar either, so sequence numbers MAY REPEAT"
     log.error(
         "outbox %s: %s; continuing at boot %d, seq %d; %s%s",
-        path, what, chain.boot, chain.seq, link, unsafe,
-    )  # fmt: skip
+        path,
+        what,
+        chain.boot,
+        chain.seq,
+        link,
+        unsafe,
+    )
     return chain
 
 

@@ -164,8 +164,12 @@ def rescue(path: Path, device: str, keys: Sequence[Ed25519PublicKey]) -> Rescue:
         times.append(time_ms)
     log.info(
         "outbox %s: %d records read back (%d through SQLite, %d from the bytes), %d commands",
-        path, len(records), len(from_sqlite), len(records) - len(from_sqlite), len(commands),
-    )  # fmt: skip
+        path,
+        len(records),
+        len(from_sqlite),
+        len(records) - len(from_sqlite),
+        len(commands),
+    )
     return Rescue(records, tuple(commands), max(times) if times else None, lowest)
 
 

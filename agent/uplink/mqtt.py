@@ -30,8 +30,9 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiomqtt
 
@@ -50,6 +51,9 @@ from contract.protocol import (
     state_topic,
 )
 from contract.tls import BrokerTls, explain_tls
+
+if TYPE_CHECKING:
+    from agent.events.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,7 @@ class Uplink:
     ) -> None:
         self.outbox = outbox
         self.on_command = on_command  # signed commands on …/down/cmd (contract/commands.py)
+        self.attachments: Uploader | None = None  # attachment chunks (agent/events/uploader.py)
         self.device = outbox.device
         self.broker = broker
         self.core = core or default_core()
@@ -243,13 +248,15 @@ class Uplink:
             timeout=opts.connect_timeout_s,
             will=aiomqtt.Will(state, OFFLINE, qos=1, retain=True),
             tls_context=self._tls,
-            max_inflight_messages=self.core.window + 2,  # batches, the state and a probe
+            max_inflight_messages=self.core.window + 2 + 8,  # batches, state, probe, chunks
         )
         try:
             async with client:
                 await client.subscribe(ack_topic(self.device), qos=1)
                 if self.on_command is not None:
                     await client.subscribe(command_topic(self.device), qos=1)
+                if self.attachments is not None:
+                    await client.subscribe(self.attachments.topic, qos=1)
                 await client.publish(
                     state, ONLINE, qos=1, retain=True, timeout=opts.publish_timeout_s
                 )
@@ -259,9 +266,15 @@ class Uplink:
                 async with asyncio.TaskGroup() as tg:
                     receiver = tg.create_task(self._receive(client), name=f"{self.device}-receive")
                     watchdog = tg.create_task(self._watch(client), name=f"{self.device}-watchdog")
+                    uploads = None if self.attachments is None else tg.create_task(
+                        self.attachments.session(self._publisher(client)),
+                        name=f"{self.device}-attachments",
+                    )  # fmt: skip
                     await self._send(client)
                     receiver.cancel()
                     watchdog.cancel()
+                    if uploads is not None:
+                        uploads.cancel()
                 with contextlib.suppress(aiomqtt.MqttError):  # stopping: say so, then DISCONNECT
                     await client.publish(state, OFFLINE, qos=1, retain=True, timeout=2.0)
         finally:
@@ -285,6 +298,13 @@ class Uplink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.options.poll_s):  # not wait_for: in 3.11 it
                     await self.wake.wait()  # can swallow a cancellation that meets a wake-up
+
+    def _publisher(self, client: aiomqtt.Client) -> Callable[[str, bytes], Awaitable[None]]:
+        async def publish(topic: str, payload: bytes) -> None:
+            await client.publish(topic, payload, qos=1, timeout=self.options.publish_timeout_s)
+            self._heard_ms = self._now()
+
+        return publish
 
     async def _publish(self, client: aiomqtt.Client, topic: str, batches: list[Batch]) -> None:
         """Publish concurrently and wait for every PUBACK; the first failure is raised.
@@ -341,6 +361,9 @@ class Uplink:
                 if self.on_command is not None:
                     self.on_command(bytes(payload))
                 continue
+            if self.attachments is not None and message.topic.value == self.attachments.topic:
+                self.attachments.on_message(bytes(payload))
+                continue
             try:
                 ack = decode_ack(bytes(payload))
             except RemoteError as exc:
@@ -349,6 +372,8 @@ class Uplink:
                 continue
             settled = self.core.on_ack(ack, self._now())
             self.stats.records_acked += self.outbox.acknowledge(settled.delete)
+            if self.attachments is not None:
+                self.attachments.on_acked(settled.delete)
             for seq, reason in settled.refused:
                 self.outbox.refuse(seq, reason.name)
             self.stats.records_refused += len(settled.refused)
