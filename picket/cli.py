@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--api",
-        type=host_port,
+        type=eventcmd.listen_address,
         metavar="HOST:PORT",
         help="also serve Open311 here",
     )

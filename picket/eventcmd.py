@@ -76,7 +76,7 @@ def _hours(text: str) -> float:
     return value
 
 
-def _listen(text: str) -> tuple[str, int]:
+def listen_address(text: str) -> tuple[str, int]:
     """HOST:PORT to listen on; port 0 lets the system choose (the port is printed)."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -162,7 +162,7 @@ def add_parsers(center: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     api.add_argument(
         "--db", required=True, help="center database: a SQLite path or a postgresql:// URL"
     )
-    api.add_argument("--listen", type=_listen, required=True, help="HOST:PORT to listen on")
+    api.add_argument("--listen", type=listen_address, required=True, help="HOST:PORT to listen on")
     api.add_argument("--keys", type=Path, required=True, help="API keys file: NAME KEY a line")
     api.add_argument("--catalogue", type=Path, help="categories (JSON); the district's default")
     api.add_argument("--media-base", help="the URL media_url starts with (the request's host)")

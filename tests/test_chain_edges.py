@@ -20,6 +20,7 @@ from center.ingest import Ingest
 from center.status import build_status
 from contract.bounds import MAX_RECORD
 from contract.cose import sign1
+from contract.events import PlaceSource, event_body
 from contract.fix import TimeSource
 from contract.protocol import Ack, Batch, Refusal, records_topic
 from contract.records import (
@@ -126,6 +127,20 @@ def test_the_counters_printed_for_the_center_say_what_happened(tmp_path: Path) -
     }
     assert ingest.stats.refused_by_reason == {"FORK": 2, "BAD_SIGNATURE": 1}
     store.close()
+
+
+def test_an_event_record_the_center_stores_makes_one_event(tmp_path: Path) -> None:
+    # docs/events.md: a device's event record (type 11), once stored, is an event
+    db = tmp_path / "center.db"
+    ingest = Ingest(open_store(db), key_of)
+    body = event_body(5, place=PlaceSource.FIX, lat=31.2304, lon=121.4737, accuracy_m=4.0)
+    event = record(1, b"", RecordType.EVENT, body)
+    assert send(ingest, [event]).stored == (1,)
+    assert send(ingest, [event], bid=2).stored == (1,)  # delivered again: still one event
+    ingest.store.close()
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT device, seq, category, lat_e7, lon_e7 FROM events").fetchall()
+    assert rows == [(DEVICE, 1, 5, 312_304_000, 1_214_737_000)]
 
 
 def refused_rows(db: Path) -> list[tuple[object, ...]]:

@@ -43,7 +43,8 @@ from contract.commands import (
     local_date,
     read_stored,
 )
-from contract.cose import sign1
+from contract.cose import decode_sign1, sign1
+from contract.eventcommands import Catalogue, Category, EventStatus, EventStatusCode
 
 CENTER = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
 DEVICE = "d0001"
@@ -112,6 +113,32 @@ def test_abort_mission_has_no_keys_of_its_own() -> None:
     assert (got.type, got.body) == (CommandType.ABORT_MISSION, AbortMission())
     refused = invalid(signed_map({16: "AL01"}, CommandType.ABORT_MISSION, number=3))
     assert "16" in refused.detail  # names the key it did not expect
+
+
+# --------------------------------------------------------------------------- the event commands
+
+
+def test_a_catalogue_and_an_event_status_are_sent_as_types_8_and_9_and_read_back() -> None:
+    catalogue = Catalogue(3, (Category(12, "路灯损坏", "Broken streetlight", "roads", "t-roads"),))
+    status = EventStatus(
+        event=41,
+        status=EventStatusCode.ACCEPTED,
+        reporter="d0002",
+        report_seq=17,
+        category=12,
+        text=None,
+        assignee=None,
+        deadline_ms=None,
+        changed_ms=T0,
+        by="duty officer",
+    )
+    # docs/commands.md: key 1 is 8 for a catalogue, 9 for an event status
+    for body, wire_type in ((catalogue, 8), (status, 9)):
+        raw = signed(body, number=wire_type)
+        assert cbor2.loads(decode_sign1(raw).payload)[1] == wire_type
+        got = check(raw)
+        assert isinstance(got, Command), got
+        assert (int(got.type), got.body) == (wire_type, body)
 
 
 # --------------------------------------------------------------------------- bounds

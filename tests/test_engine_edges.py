@@ -341,3 +341,44 @@ def test_a_fix_exactly_the_horizon_behind_is_no_suspicion_one_ms_more_is() -> No
             if isinstance(e, SuspicionEvent)
         ]
         assert [e.kind for e in found] == ([SuspicionKind.TIME_BACKWARDS] if raised else [])
+
+
+def no_doppler(t_ms: int, north: float) -> Fix:
+    """A fix from a receiver that gives no speed of its own, `north` metres from the point."""
+    lat, lon = offset(LAT0, LON0, north, 0.0)
+    return Fix(time_ms=t_ms, lat=lat, lon=lon, accuracy_m=3.0, hdop=1.0, mode=FixMode.FIX_3D,
+               satellites=9, speed_mps=None)  # fmt: skip
+
+
+def test_without_doppler_the_speed_is_taken_from_the_fix_a_second_or_more_before() -> None:
+    """docs/engine.md: the speed is the receiver's Doppler speed, else the speed implied by
+    the fix at least a second before; a check-in's max speed is the visit's fastest."""
+    # 4 m in the 2 s between the first two fixes (2 m/s), then standing still 70 s
+    fixes = [no_doppler(T0, 0.0), no_doppler(T0 + 2000, 4.0)]
+    fixes += [no_doppler(T0 + 2000 + k * 1000, 4.0) for k in range(1, 71)]
+    (ev,) = checkins(point(), fixes)
+    assert ev.max_speed_mps == pytest.approx(2.0, rel=1e-6)
+    # standing still from the first fix on: nothing moved, so no speed at all
+    (still,) = checkins(point(), [no_doppler(T0 + k * 1000, 4.0) for k in range(72)])
+    assert still.max_speed_mps == 0.0
+
+
+def test_items_settled_by_a_new_agenda_stay_settled_through_a_late_fix_s_replay() -> None:
+    """A task bundle arriving mid-shift with one item already done, then a receiver
+    replaying its buffer (a late fix): the replay starts from a checkpoint taken before the
+    new agenda, and still neither reports nor satisfies the settled item."""
+    p = point()
+    window = (T0, T0 + 300_000)
+    a1, a2 = AgendaItem("L1", "A", 0, *window), AgendaItem("L2", "A", 0, *window)
+    engine = CheckinEngine(plan_of(p))
+    far = [no_doppler(T0 + k * 1000, 500.0) for k in range(0, 401, 2)]  # every 2 s, away
+    got: list[Event] = []
+    for f in far[:100]:  # 200 s of fixes: checkpoints every 30 s
+        got += engine.feed(f)
+    engine.set_agenda([a1, a2], done=[a1])
+    got += engine.feed(no_doppler(T0 + 101_000, 500.0))  # late: between two fixes
+    assert engine.stats.late == 1
+    for f in far[100:]:
+        got += engine.feed(f)
+    missed = [(e.line, e.point.id) for e in got if isinstance(e, MissedEvent)]
+    assert missed == [("L2", "A")]  # past the window and its grace: only the open item
