@@ -382,3 +382,34 @@ def test_items_settled_by_a_new_agenda_stay_settled_through_a_late_fix_s_replay(
         got += engine.feed(f)
     missed = [(e.line, e.point.id) for e in got if isinstance(e, MissedEvent)]
     assert missed == [("L2", "A")]  # past the window and its grace: only the open item
+
+
+def test_a_jump_away_from_an_open_visit_leaves_it_uncertain_and_suspect() -> None:
+    """docs/engine.md: after any suspicion, visits open within the next 30 s are at most
+    uncertain and marked suspect; here the visit is open when the receiver jumps 1 km away
+    and stays there until the visit ends."""
+    cases = ((36.0, Verdict.VISITED, False), (1_000.0, Verdict.UNCERTAIN, True))
+    for away, verdict, suspect in cases:
+        tr = Track()
+        tr.stand(70, 2.0)
+        tr.stand(EXIT_FIXES, away)  # 34 m in a second is a walk; 998 m is a jump
+        (ev,) = checkins(point(), tr.fixes)
+        assert (ev.verdict, ev.suspect) == (verdict, suspect), away
+
+
+@pytest.mark.parametrize("north, east", [(20.0, 0.0), (-20.0, 0.0), (0.0, 20.0), (0.0, -20.0)])
+def test_a_point_is_found_from_every_side_wherever_it_lies(north: float, east: float) -> None:
+    """Standing 20 m from a point (radius 25 m), to its north, south, east or west, is a
+    visit, for points placed every 10 m across 400 m of longitude: wherever the point
+    falls in the engine's spatial index, a fix on any side of it finds it."""
+    for k in range(40):
+        lat, lon = offset(LAT0, LON0, 0.0, 10.0 * k)
+        p = Point("A", lat, lon, radius_m=25.0, dwell_s=60.0)
+        flat, flon = offset(lat, lon, north, east)
+        fixes = [
+            Fix(time_ms=T0 + s * 1000, lat=flat, lon=flon, accuracy_m=3.0, hdop=1.0,
+                mode=FixMode.FIX_3D, satellites=9, speed_mps=0.0)
+            for s in range(70)
+        ]  # fmt: skip
+        (ev,) = checkins(p, fixes)
+        assert ev.verdict is Verdict.VISITED, k

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import hashlib
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -49,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import AgentError, StorageError
+from agent.events.sqlitefile import SqliteFile
 from agent.store.schema import transaction
 
 __all__ = [
@@ -137,41 +137,20 @@ def _held(row: Sequence[object]) -> Held:
     return Held(rid, digest, kind, size, seq, created, held, State(state))
 
 
-class AttachmentStore:
+class AttachmentStore(SqliteFile):
+    label = "attachments"
+
     def __init__(self, path: Path, quota_bytes: int) -> None:
         if quota_bytes <= 0:
             raise ValueError(f"quota_bytes {quota_bytes}: must be positive")
-        self.path = path
         self.quota_bytes = quota_bytes
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._error("cannot open", exc) from exc
-        try:
-            # before the first table: freed pages go back to the file system, so the space
-            # photos took is the outbox's again once they are uploaded
-            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            with transaction(self._db):
-                self._db.execute(TABLE)
-                self._db.execute(
-                    "CREATE INDEX IF NOT EXISTS attachments_open ON attachments(state, id)"
-                )
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise self._error("cannot open", exc) from exc
-
-    def _error(self, what: str, exc: sqlite3.Error | OSError) -> StorageError:
-        code = getattr(exc, "sqlite_errorcode", None)
-        full = (isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL) or (
-            isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        # auto_vacuum before the first table: freed pages go back to the file system, so
+        # the space photos took is the outbox's again once they are uploaded
+        super().__init__(
+            path,
+            (TABLE, "CREATE INDEX IF NOT EXISTS attachments_open ON attachments(state, id)"),
+            first=("PRAGMA auto_vacuum=INCREMENTAL",),
         )
-        head = "disk full: " if full else ""
-        return StorageError(f"attachments {self.path}: {head}{what}: {exc}")
-
-    def close(self) -> None:
-        self._db.close()
 
     # -- storing ------------------------------------------------------------------------
 
@@ -336,16 +315,3 @@ class AttachmentStore:
             "SELECT total(size), count(*) FROM attachments WHERE state != ?", (State.COMPLETE,)
         ).fetchone()
         return int(used), int(waiting)
-
-    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[object, ...]]:
-        try:
-            return list(self._db.execute(sql, args).fetchall())
-        except sqlite3.Error as exc:
-            raise self._error("cannot read", exc) from exc
-
-    def _write(self, sql: str, args: Sequence[object], what: str) -> None:
-        try:
-            with transaction(self._db):
-                self._db.execute(sql, args)
-        except sqlite3.Error as exc:
-            raise self._error(what, exc) from exc

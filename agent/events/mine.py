@@ -29,6 +29,7 @@ from pathlib import Path
 import cbor2
 
 from agent.errors import StorageError
+from agent.events.sqlitefile import SqliteFile
 from agent.store.schema import transaction
 from contract.cose import strict_loads
 from contract.errors import RecordError
@@ -123,31 +124,12 @@ def _opt_str(v: object) -> str | None:
     return v
 
 
-class MyEvents:
+class MyEvents(SqliteFile):
+    label = "events"
+
     def __init__(self, path: Path, device: str) -> None:
-        self.path = path
         self.device = device
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._error("cannot open", exc) from exc
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            with transaction(self._db):
-                for sql in TABLES:
-                    self._db.execute(sql)
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise self._error("cannot open", exc) from exc
-
-    def _error(self, what: str, exc: sqlite3.Error) -> StorageError:
-        code = getattr(exc, "sqlite_errorcode", None)
-        full = isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL
-        return StorageError(f"events {self.path}: {'disk full: ' if full else ''}{what}: {exc}")
-
-    def close(self) -> None:
-        self._db.close()
+        super().__init__(path, TABLES)
 
     # -- what changes it ------------------------------------------------------------------
 
@@ -236,18 +218,3 @@ class MyEvents:
     def get(self, *, seq: int | None = None, number: int | None = None) -> MyEvent | None:
         rows = self._query(BY_SEQ, (seq,)) if seq is not None else self._query(BY_NUMBER, (number,))
         return _event(rows[0]) if rows else None
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[object, ...]]:
-        try:
-            return list(self._db.execute(sql, args).fetchall())
-        except sqlite3.Error as exc:
-            raise self._error("cannot read", exc) from exc
-
-    def _write(self, sql: str, args: Sequence[object], what: str) -> None:
-        try:
-            with transaction(self._db):
-                self._db.execute(sql, args)
-        except sqlite3.Error as exc:
-            raise self._error(what, exc) from exc
