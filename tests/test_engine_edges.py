@@ -413,3 +413,24 @@ def test_a_point_is_found_from_every_side_wherever_it_lies(north: float, east: f
         ]  # fmt: skip
         (ev,) = checkins(p, fixes)
         assert ev.verdict is Verdict.VISITED, k
+
+
+def test_a_late_fix_at_the_oldest_checkpoint_leaves_the_history_for_the_next_late_fix() -> None:
+    """A fix stamped exactly at the oldest state the engine keeps is too late (that state
+    already holds a fix of that time); it must not empty the checkpoints, so a later late
+    fix inside the horizon is still replayed."""
+    tr = Track()
+    tr.stand(691, 200.0)  # checkpoints every 30 s; the oldest kept is T0 + 90 s
+    engine = CheckinEngine(plan_of(point()))
+    for f in tr.fixes:
+        engine.feed(f)
+    lat, lon = offset(LAT0, LON0, 200.0, 0.0)
+
+    def fix(s: float) -> Fix:
+        return Fix(time_ms=T0 + int(s * 1000), lat=lat, lon=lon, accuracy_m=3.0, hdop=1.0,
+                   mode=FixMode.FIX_3D, satellites=9, speed_mps=0.0)  # fmt: skip
+
+    assert engine.feed(fix(90)) == []
+    assert (engine.stats.too_late, engine.stats.late) == (1, 0)
+    engine.feed(fix(600.5))  # inside the horizon, between two fixes: replayed
+    assert (engine.stats.too_late, engine.stats.late, engine.stats.replays) == (1, 1, 1)

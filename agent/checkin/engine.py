@@ -185,8 +185,10 @@ class CheckinEngine:
         if t < newest - HORIZON_S * 1000:
             self.stats.too_late += 1
             return self._fresh([suspicion(SuspicionKind.TIME_BACKWARDS, fix, newest - t)])
-        if not self._checkpoints or t < self._checkpoints[0][0]:
-            self.stats.too_late += 1  # older than anything this engine has seen: no state
+        if not self._checkpoints or t <= self._checkpoints[0][0]:
+            # at or before the oldest state kept (which holds a fix of that time): nothing
+            # to replay from
+            self.stats.too_late += 1
             return []
         self.stats.late += 1
         return self._fresh(self._replay_with(fix))
