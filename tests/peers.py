@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import ssl
@@ -13,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -118,7 +120,7 @@ def kill_child_at(code: str, path: Path, phase: str, raw: bytes) -> None:
         [sys.executable, "-c", code, str(path), phase, raw.hex()],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
     )
     try:
         assert proc.stdout is not None
@@ -178,3 +180,20 @@ def no_fds_left(ignore: str | None = None) -> Iterator[None]:
         if before.get(fd) != target and (ignore is None or ignore not in target)
     }
     assert not left, f"file descriptors left open: {left}"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def picket_json(*args: object) -> dict[str, Any]:
+    """`python -m picket ARGS` in the repository: it must exit 0; its JSON output, a map."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "picket", *map(str, args),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), DEADLINE_S)
+    assert proc.returncode == 0, err.decode()
+    doc = json.loads(out)
+    assert isinstance(doc, dict)
+    return doc

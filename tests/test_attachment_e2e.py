@@ -23,11 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import ssl
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import aiomqtt
@@ -52,10 +49,9 @@ from contract.protocol import (
 from contract.records import ChainPosition, RecordType, build
 from simulators.broker import Mosquitto
 from simulators.camera import SimCamera
-from tests.peers import DEADLINE_S, TlsFleet, now_ms, running_center
+from tests.peers import DEADLINE_S, TlsFleet, now_ms, picket_json, running_center
 
 KEY = "k" * 20
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.asynccontextmanager
@@ -155,18 +151,6 @@ async def test_a_photo_goes_from_the_device_to_the_open311_api(tls_fleet: TlsFle
         events.close()
 
 
-async def picket(*args: object) -> dict[str, object]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "picket", *map(str, args),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), DEADLINE_S)
-    assert proc.returncode == 0, err.decode()
-    doc = json.loads(out)
-    assert isinstance(doc, dict)
-    return doc
-
-
 async def test_each_change_is_a_signed_command_to_the_reporter_and_the_assignee(
     tls_fleet: TlsFleet,
 ) -> None:
@@ -192,9 +176,9 @@ async def test_each_change_is_a_signed_command_to_the_reporter_and_the_assignee(
     broker = f"{tls_fleet.broker.host}:{tls_fleet.broker.port}"
     common = ["--db", db, "--fleet", tls_fleet.fleet.dir, "--broker", broker,
               "--tls", tls_fleet.center_tls, "--json"]  # fmt: skip
-    accepted = await picket("center", "events", "accept", "1", *common)
+    accepted = await picket_json("center", "events", "accept", "1", *common)
     assert accepted["sent"] == [{"device": "h0001", "number": 1}]
-    dispatched = await picket("center", "events", "dispatch", "1", "--to", "h0002", *common)
+    dispatched = await picket_json("center", "events", "dispatch", "1", "--to", "h0002", *common)
     assert dispatched["sent"] == [
         {"device": "h0001", "number": 2},
         {"device": "h0002", "number": 1},

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import signal
 import sqlite3
 import sys
@@ -38,7 +37,7 @@ from contract.events import AttachmentKind, parse_event
 from contract.records import RecordType, open_record
 from simulators.camera import SimCamera
 from simulators.nmea import gga, rmc
-from tests.peers import DEADLINE_S, TlsFleet, now_ms, running_center, wait_for
+from tests.peers import DEADLINE_S, TlsFleet, now_ms, picket_json, running_center, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,18 +65,6 @@ def rows(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
 def held_at_center(db: Path, digest: bytes) -> tuple[int, int, bool] | None:
     found = rows(db, "SELECT held, size, complete FROM event_attachments WHERE sha256 = ?", digest)
     return None if not found else (found[0][0], found[0][1], bool(found[0][2]))
-
-
-async def picket(*args: object) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "picket", *map(str, args),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), DEADLINE_S)
-    assert proc.returncode == 0, err.decode()
-    doc = json.loads(out)
-    assert isinstance(doc, dict)
-    return doc
 
 
 async def start_agent(config: Path, log: Path) -> asyncio.subprocess.Process:
@@ -118,7 +105,7 @@ async def test_an_agent_killed_mid_upload_resumes_from_what_the_center_holds(
     )
     jpeg = tmp_path / "stairwell.jpg"
     jpeg.write_bytes(SimCamera(seed=3, width=1600, height=1200).jpeg())
-    report = await picket(
+    report = await picket_json(
         "event", "report", "--dir", files.directory, "--category", RUBBISH, "--photo", jpeg,
         "--json",
     )  # fmt: skip

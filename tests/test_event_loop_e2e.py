@@ -30,9 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
-import json
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,11 +54,10 @@ from contract.events import AttachmentKind, PlaceSource
 from contract.fix import TimeSource
 from simulators.camera import SimCamera
 from simulators.nmea import checksum, gga, rmc
-from tests.peers import DEADLINE_S, TlsFleet, now_ms, running_center, wait_for
+from tests.peers import DEADLINE_S, TlsFleet, now_ms, picket_json, running_center, wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "k-open311-e2e-0001"
 NOTE = "6号小区6网格：装修垃圾未清运，堆在3栋楼道口"
 RESULT = "已清运完毕"
@@ -152,18 +149,6 @@ def mine(run: AgentRun, number: int) -> MyEvent | None:
     return next((e for e in run.my_events() if e.number == number), None)
 
 
-async def picket(*args: object) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "picket", *map(str, args),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), DEADLINE_S)
-    assert proc.returncode == 0, err.decode()
-    doc = json.loads(out)
-    assert isinstance(doc, dict)
-    return doc
-
-
 async def test_a_report_goes_round_the_whole_loop_over_the_real_broker_and_center(
     tmp_path: Path, tls_fleet: TlsFleet
 ) -> None:
@@ -246,7 +231,7 @@ async def test_a_report_goes_round_the_whole_loop_over_the_real_broker_and_cente
             "--db", db, "--fleet", tls_fleet.fleet.dir, "--broker", f"{broker.host}:{broker.port}",
             "--tls", tls_fleet.center_tls, "--json",
         ]  # fmt: skip
-        accepted = await picket("center", "events", "accept", number, *common)
+        accepted = await picket_json("center", "events", "accept", number, *common)
         assert [s["device"] for s in accepted["sent"]] == ["h0001"]
         await wait_for(
             lambda: (
@@ -255,7 +240,9 @@ async def test_a_report_goes_round_the_whole_loop_over_the_real_broker_and_cente
             DEADLINE_S,
             "the reporter to see its report accepted",
         )
-        dispatched = await picket("center", "events", "dispatch", number, "--to", "h0002", *common)
+        dispatched = await picket_json(
+            "center", "events", "dispatch", number, "--to", "h0002", *common
+        )
         assert sorted(s["device"] for s in dispatched["sent"]) == ["h0001", "h0002"]
         await wait_for(
             lambda: (
@@ -298,7 +285,7 @@ async def test_a_report_goes_round_the_whole_loop_over_the_real_broker_and_cente
         assert answers == number and result_report is not None
 
         # -- closed: the reporter sees the loop closed ----------------------------------------
-        closed = await picket("center", "events", "close", number, *common)
+        closed = await picket_json("center", "events", "close", number, *common)
         assert "h0001" in [s["device"] for s in closed["sent"]]
         await wait_for(
             lambda: (
