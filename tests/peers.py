@@ -113,11 +113,13 @@ def tls_fleet_in(root: Path) -> Iterator[TlsFleet]:
         fleet.close()
 
 
-def kill_child_at(code: str, path: Path, phase: str, raw: bytes) -> None:
+def kill_child_at(
+    code: str, path: Path, phase: str, raw: bytes | None = None, *, timeout: float = 30
+) -> None:
     """Run `code` (a script that prints `ready`, then `phase` when it gets there) in a real
-    process on `path` and the command `raw`, and kill -9 it at that moment."""
+    process on `path` (and the command `raw`, if any), and kill -9 it at that moment."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(path), phase, raw.hex()],
+        [sys.executable, "-c", code, str(path), phase, *([] if raw is None else [raw.hex()])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=REPO,
@@ -128,7 +130,7 @@ def kill_child_at(code: str, path: Path, phase: str, raw: bytes) -> None:
         assert lines == [b"ready\n", phase.encode() + b"\n"], (lines, proc.stderr)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
         for f in (proc.stdout, proc.stderr):
             if f is not None:
                 f.close()

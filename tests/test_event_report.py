@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from peers import kill_child_at
 from PIL import Image
 
 from agent.checkin.device import DeviceAgent
@@ -213,23 +210,7 @@ os.write(1, b"returned\\n")
 
 def report_and_kill(folder: Path, phase: str) -> None:
     code = CHILD.format(tests=str(REPO / "tests"), repo=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(folder), phase],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(2)]
-        assert lines == [b"ready\n", phase.encode() + b"\n"], (lines, proc.stderr)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-        for f in (proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_child_at(code, folder, phase, timeout=60)
 
 
 def test_killed_after_the_record_the_next_start_links_its_attachments(tmp_path: Path) -> None:
